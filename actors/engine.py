@@ -1,0 +1,146 @@
+"""The vLLM engine wrapper: one place that builds prompts, samples groups and reloads weights.
+
+On CPU the engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, executor "uni"), which is
+fast to start, deterministic and lets weights be reloaded from tensors in place (STACK.md §4-5).
+Every weight update resets every cache that depends on weights (prefix, multimodal, encoder).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from actors.types import Completion, Group, ImageRef, PromptRequest, SamplingSettings
+
+# Tokens the policy must never generate: an image placeholder in a completion would make the
+# learner's forward fail ("image features and image tokens do not match", LESSONS.md).
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+IMAGE_PAD = "<|image_pad|>"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model_path: str
+    dtype: str = "float32"
+    max_model_len: int = 1024
+    max_num_seqs: int = 64
+    kv_cache_mib: int = 128
+    gpu_memory_utilization: float = 0.6
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = True
+    seed: int = 0
+
+
+def configure_cpu_environment() -> None:
+    """Env vars vLLM's CPU build needs to run in-process (set before vllm is imported)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+class Engine:
+    """A vLLM engine holding the policy (or judge) weights at a known version."""
+
+    def __init__(self, settings: EngineSettings, image_loader: Callable[[ImageRef], Any]):
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            configure_cpu_environment()
+        from vllm import LLM
+
+        memory = (
+            {"gpu_memory_utilization": settings.gpu_memory_utilization}
+            if on_gpu
+            else {"kv_cache_memory_bytes": settings.kv_cache_mib * 2**20, "distributed_executor_backend": "uni"}
+        )
+        self.llm = LLM(
+            model=settings.model_path,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            enforce_eager=settings.enforce_eager,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            limit_mm_per_prompt={"image": 1, "video": 0},
+            seed=settings.seed,
+            **memory,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.image_loader = image_loader
+        self.version = 0
+        self._allowed_ids = self._allowed_token_ids()
+        self._image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+
+    def _allowed_token_ids(self) -> list[int]:
+        banned = {self.tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        return [i for i in range(vocab) if i not in banned]
+
+    def render(self, user_text: str, with_image: bool) -> str:
+        """The chat-templated prompt text; the only place prompts are built."""
+        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+        content.append({"type": "text", "text": user_text})
+        messages = [{"role": "user", "content": content}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: Sequence[PromptRequest], sampling: SamplingSettings) -> list[Group]:
+        """Sample `sampling.n` completions for each request; one Group per request, in order."""
+        start = time.perf_counter()
+        prompts = [self._engine_prompt(r) for r in requests]
+        params = [self._params(sampling, r.seed) for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        elapsed = (time.perf_counter() - start) / max(len(requests), 1)
+        return [self._group(r, out, elapsed) for r, out in zip(requests, outputs, strict=True)]
+
+    def _engine_prompt(self, request: PromptRequest) -> dict[str, Any]:
+        prompt: dict[str, Any] = {"prompt": self.render(request.user_text, request.image is not None)}
+        if request.image is not None:
+            prompt["multi_modal_data"] = {"image": self.image_loader(request.image)}
+        return prompt
+
+    def _params(self, sampling: SamplingSettings, seed: int | None):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0 if sampling.logprobs else None,
+            seed=seed,
+            stop=sampling.stop or None,
+            allowed_token_ids=self._allowed_ids,
+        )
+
+    def _group(self, request: PromptRequest, output: Any, generate_s: float) -> Group:
+        prompt_ids = list(output.prompt_token_ids)
+        if request.image is None and self._image_pad_id in prompt_ids:
+            raise ValueError(f"group {request.group_id}: text-only prompt contains image placeholders")
+        completions = [_completion(c) for c in output.outputs]
+        return Group(request.group_id, self.version, prompt_ids, completions, generate_s)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Reload weights in place (HF checkpoint names) and move to `version`; resets caches."""
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": iter(named_tensors), "is_checkpoint_format": True}
+        )
+        self.reset_caches()
+        self.version = version
+
+    def reset_caches(self) -> None:
+        """Forget everything computed with the previous weights (prefix KV, encoder outputs, mm inputs)."""
+        self.llm.reset_prefix_cache()
+        self.llm.reset_mm_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+
+
+def _completion(output: Any) -> Completion:
+    token_ids = list(output.token_ids)
+    if output.logprobs is None:
+        logprobs: list[float] = []
+    else:
+        logprobs = [step[tok].logprob for tok, step in zip(token_ids, output.logprobs, strict=True)]
+    return Completion(token_ids, logprobs, output.text, str(output.finish_reason))

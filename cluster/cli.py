@@ -1,0 +1,125 @@
+"""`emo-r3`: the command line. Each subcommand parses its arguments and calls one function.
+
+Heavy imports happen inside the command functions, so `emo-r3 --help` and config errors are instant.
+Exit codes: 0 success, 1 the work failed, 2 bad usage or config (nothing was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from cluster.config import ConfigError, load_config, to_yaml
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML run config (default: built-in defaults = the embedded CPU default)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rollout.group_size=4")
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from cluster.datasets import check_command
+
+    return check_command(args.path, label_set=args.label_set, workers=args.workers)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from cluster.data.synthetic import generate
+
+    paths = generate(
+        args.out, style=args.style, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+        size=args.size, ambiguity=args.ambiguity,
+    )
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_model_build(args: argparse.Namespace) -> int:
+    from cluster.models import resolve_model
+
+    print(resolve_model("tiny"))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from rewards.offline import format_summary, rescore_jsonl
+    from rewards.rules import RewardRules
+
+    rules = RewardRules(total=args.weights, strict_yes_no=args.strict_yes_no, strict_label_match=args.strict_label)
+    summary = rescore_jsonl(args.input, args.output, rules)
+    print(format_summary(summary))
+    return 0 if summary.n_scored else 1
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from cluster.sample import run_sample
+
+    return run_sample(load_config(args.config, args.overrides))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emo-r3", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the resolved config")
+    _add_config_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
+    check = data.add_parser("check", help="validate every sample and image of a manifest or folder")
+    check.add_argument("path", help="JSONL/parquet manifest or class-per-folder tree")
+    check.add_argument("--label-set", choices=["emoset", "emotion6", "webemo"], help="for manifests without labels")
+    check.add_argument("--workers", type=int, default=8, help="image decoding threads")
+    check.set_defaults(func=cmd_data_check)
+    synth = data.add_parser("synth", help="generate the synthetic affective-scene data set")
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--style", choices=["emoset", "emotion6"], default="emoset")
+    synth.add_argument("--n-train", type=int, default=512)
+    synth.add_argument("--n-test", type=int, default=256)
+    synth.add_argument("--size", type=int, default=112)
+    synth.add_argument("--ambiguity", type=float, default=0.25)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_data_synth)
+
+    model = sub.add_parser("model", help="models").add_subparsers(dest="action", required=True)
+    model.add_parser("build", help="build (or find) the embedded tiny model; prints its folder").set_defaults(
+        func=cmd_model_build
+    )
+
+    score = sub.add_parser("score", help="rescore a JSONL dump of rollouts offline")
+    score.add_argument("--input", required=True)
+    score.add_argument("--output", required=True)
+    score.add_argument("--weights", choices=["release", "paper"], default="release")
+    score.add_argument("--strict-yes-no", action="store_true", help="whole-word yes/no for consistency")
+    score.add_argument("--strict-label", action="store_true", help="label matched as a word for coherence")
+    score.set_defaults(func=cmd_score)
+
+    sample = sub.add_parser("sample", help="sample one batch of rollouts with vLLM and score it")
+    _add_config_args(sample)
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as err:
+        print(f"emo-r3: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"emo-r3: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The run config: one typed section per package, composed once, loaded from YAML + overrides.
+
+    cfg = load_config("configs/cpu_default.yaml", ["rollout.group_size=4"])
+
+A bad config raises `ConfigError` whose message names each failing field path and what to change;
+the CLI turns it into exit code 2 before any actor starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from actors.config import RolloutConfig
+from learner.config import LearnerConfig
+from rewards.config import RewardConfig
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is meant for the user, one problem per line."""
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field("tiny", description="HF-format model folder, or 'tiny' for the embedded model built offline")
+
+
+class SyntheticConfig(BaseModel):
+    """The embedded affective-scene data set, generated into the cache on first use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_train: int = Field(512, ge=8, description="training images per style")
+    n_test: int = Field(256, ge=8, description="held-out images per style")
+    size: int = Field(112, ge=56, description="image side in pixels")
+    ambiguity: float = Field(0.25, ge=0, le=1, description="share of images with cues swapped to a confusable label")
+    seed: int = Field(0, description="generator seed")
+
+
+class ColumnsConfig(BaseModel):
+    """Manifest column names (EasyR1 style by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = "images"
+    problem: str = "problem"
+    answer: str = "answer"
+    labels: str = "labels"
+    response: str = "response"
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: str = Field(
+        "synthetic:emoset:train",
+        description="JSONL/parquet manifest, class-per-folder tree, or synthetic:<emoset|emotion6>:<train|test>",
+    )
+    eval: list[str] = Field(
+        default_factory=lambda: ["synthetic:emoset:test", "synthetic:emotion6:test"],
+        description="held-out sets evaluated every cluster.eval_every iterations",
+    )
+    label_set: Literal["emoset", "emotion6", "webemo"] | None = Field(
+        None, description="label set for manifests without a labels column"
+    )
+    prompt_style: Literal["set", "grpo"] = Field("set", description="SET instruction or the GRPO <think> baseline")
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    shuffle: bool = Field(True, description="reshuffle the training set every epoch (seeded)")
+    min_side: int = Field(28, ge=1, description="images with a shorter side are skipped")
+    max_aspect: float = Field(200.0, gt=1, description="images with a larger aspect ratio are skipped")
+    max_source_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb guard, read from the header")
+    min_pixels: int = Field(56 * 56, gt=0, description="smaller images are upscaled to this area")
+    max_pixels: int = Field(448 * 448, gt=0, description="larger images are downscaled to this area")
+
+    @field_validator("train")
+    @classmethod
+    def _train_exists(cls, source: str) -> str:
+        _check_source(source)
+        return source
+
+    @field_validator("eval")
+    @classmethod
+    def _eval_exist(cls, sources: list[str]) -> list[str]:
+        for source in sources:
+            _check_source(source)
+        return sources
+
+    @model_validator(mode="after")
+    def _pixel_bounds(self) -> DataConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels is larger than max_pixels; lower data.min_pixels or raise data.max_pixels")
+        return self
+
+
+def _check_source(source: str) -> None:
+    if source.startswith(SYNTHETIC_PREFIX):
+        parts = source.split(":")
+        if len(parts) != 3 or parts[1] not in ("emoset", "emotion6") or parts[2] not in ("train", "test"):
+            raise ValueError(f"{source!r} is not synthetic:<emoset|emotion6>:<train|test>")
+    elif not Path(source).expanduser().exists():
+        raise ValueError(f"data path {source!r} does not exist; point it at a manifest or folder")
+
+
+class ClusterConfig(BaseModel):
+    """The job: where it runs, how long, what it writes, how long it waits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ray_address: str | None = Field(None, description="existing Ray cluster; None: $RAY_ADDRESS, else a local Ray")
+    allow_insecure_remote: bool = Field(False, description="allow a non-loopback Ray address without token auth")
+    num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started when no cluster is given")
+    iterations: int = Field(20, ge=1, description="generate→score→train→sync cycles")
+    prompts_per_iteration: int = Field(16, ge=1, description="B: prompts per iteration (METHOD.md §4: 512)")
+    seed: int = Field(0, description="seeds data order, sampling and model init")
+    output_dir: str = Field("runs", description="run directories are created under it")
+    run_name: str | None = Field(None, description="run directory name; default: a timestamp")
+    checkpoint_every: int = Field(10, ge=0, description="iterations between checkpoints (0: only at the end)")
+    eval_every: int = Field(5, ge=0, description="iterations between held-out evaluations (0: off)")
+    dump_rollouts: int = Field(8, ge=0, description="rollouts per iteration written to rollouts.jsonl")
+    weight_transport: Literal["object_store", "nccl"] = Field("object_store", description="how weights reach engines")
+    tensorboard: bool = Field(True, description="write TensorBoard logs beside metrics.jsonl")
+    startup_timeout_s: float = Field(600, gt=0, description="deadline for actors to come up")
+    generate_timeout_s: float = Field(600, gt=0, description="deadline for one group's generation")
+    train_timeout_s: float = Field(1800, gt=0, description="deadline for one iteration's optimizer updates")
+    sync_timeout_s: float = Field(300, gt=0, description="deadline for a weight push")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        for problem in cross_section_problems(self):
+            raise ValueError(problem)
+        return self
+
+    @property
+    def cpus_requested(self) -> float:
+        r, w, lr = self.rollout, self.reward, self.learner
+        return r.num_workers * r.num_cpus_per_worker + w.num_workers * w.num_cpus_per_worker + lr.num_ranks * lr.num_cpus_per_rank
+
+
+def cross_section_problems(cfg: RunConfig) -> list[str]:
+    """Rules spanning sections: batch splits and the local resource budget."""
+    problems = []
+    b, updates, ranks = cfg.cluster.prompts_per_iteration, cfg.learner.updates_per_iteration, cfg.learner.num_ranks
+    if b % updates:
+        problems.append(
+            f"cluster.prompts_per_iteration={b} does not split into learner.updates_per_iteration={updates} "
+            "equal mini-batches; make it a multiple"
+        )
+    elif (b // updates * cfg.rollout.group_size) % ranks:
+        problems.append(
+            f"a mini-batch of {b // updates} prompts x {cfg.rollout.group_size} rollouts does not split over "
+            f"learner.num_ranks={ranks}; change one of them"
+        )
+    remote = cfg.cluster.ray_address or os.environ.get("RAY_ADDRESS")
+    if not remote and cfg.cpus_requested > cfg.cluster.num_cpus + 1e-9:
+        problems.append(
+            f"the workers request {cfg.cpus_requested:g} CPUs but the local Ray has cluster.num_cpus="
+            f"{cfg.cluster.num_cpus:g}; lower *.num_workers / *.num_cpus_per_* or raise cluster.num_cpus"
+        )
+    if cfg.reward.total == "grpo" and cfg.data.prompt_style != "grpo":
+        problems.append("reward.total=grpo scores the <think> format: set data.prompt_style=grpo too")
+    return problems
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """YAML file (optional) + dotted `key=value` overrides → a validated RunConfig."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides or []:
+        _apply_override(raw, item)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not key=value (e.g. rollout.group_size=4)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+_BOUND_WORDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: the field path, the rule, the value seen and what to set instead."""
+    lines = [f"invalid config ({err.error_count()} problem{'s' * (err.error_count() > 1)}):"]
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        where = ".".join(loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown field{_did_you_mean(loc)}"
+        elif bound := next((k for k in _BOUND_WORDS if k in e.get("ctx", {})), None):
+            msg = f"must be {_BOUND_WORDS[bound]} {e['ctx'][bound]} (got {e['input']!r}); set {where}=<a value {_BOUND_WORDS[bound]} {e['ctx'][bound]}>"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        if description := _field(loc).description if _field(loc) else None:
+            msg += f"  [{where}: {description}]"
+        lines.append(f"  {where}: {msg}" if where else f"  {msg}")
+    return "\n".join(lines)
+
+
+def _section(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model class holding the field at `loc` (None past a non-model field)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _field(loc: tuple[str, ...]):
+    model = _section(loc) if loc else None
+    return model.model_fields.get(loc[-1]) if model else None
+
+
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    model = _section(loc)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(model.model_fields)}"
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

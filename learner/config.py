@@ -1,0 +1,32 @@
+"""Configuration of the learner: DeepSpeed ranks and the GRPO objective (METHOD.md §4)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LearnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_ranks: int = Field(1, ge=1, description="DeepSpeed ranks, each a Ray actor")
+    num_cpus_per_rank: float = Field(0.5, gt=0, description="Ray CPUs per rank")
+    num_gpus_per_rank: float = Field(0, ge=0, description="Ray GPUs per rank (1 on a GPU cluster)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="training precision")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (METHOD.md §4: 2e-6 for the 3B model)")
+    weight_decay: float = Field(0.01, ge=0, description="METHOD.md §4: 0.01")
+    grad_clip: float = Field(1.0, gt=0, description="METHOD.md §4: 1.0")
+    updates_per_iteration: int = Field(2, ge=1, description="optimizer steps per iteration (METHOD.md §4: 2)")
+    micro_batch_size: int = Field(8, ge=1, description="rollouts per forward/backward on one rank")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="ratio clip below 1 (METHOD.md §4: 0.2)")
+    clip_high: float = Field(0.3, ge=0, description="ratio clip above 1 (release 0.3; paper text 0.2)")
+    dual_clip: float = Field(3.0, gt=1, description="dual-clip constant for negative advantages (3.0)")
+    kl_coef: float = Field(0.01, ge=0, description="low_var_kl loss coefficient (METHOD.md §4: 0.01; 0 = off)")
+    kl_clamp: float = Field(10.0, gt=0, description="clamp of the k3 estimator (METHOD.md §4: 10)")
+    advantage_std: Literal["unbiased", "population"] = Field("unbiased", description="group std (release: unbiased)")
+    advantage_eps: float = Field(1e-6, gt=0, description="added to the group std (METHOD.md §4: 1e-6)")
+    reference_placement: Literal["learner", "none"] = Field(
+        "learner", description="learner: each rank holds a frozen copy of the initial policy; none: no KL"
+    )

