@@ -97,8 +97,8 @@ def group_advantages(
         )
     scorable = scorable.bool()
     dtype = scores.dtype if scores.is_floating_point() else torch.get_default_dtype()
-    _, segment = torch.unique(group_index, return_inverse=True)  # [N] ids 0..G-1
-    num_groups = int(segment.max()) + 1 if segment.numel() else 0
+    groups, segment = torch.unique(group_index, return_inverse=True)  # [G], [N] ids 0..G-1
+    num_groups = groups.numel()
     score = torch.where(scorable, scores.to(dtype), 0.0)  # [N]
     count = _segment_sum(scorable.to(dtype), segment, num_groups)  # [G]
     mean = _segment_sum(score, segment, num_groups) / count.clamp_min(1)  # [G]
@@ -238,7 +238,9 @@ def _diagnostics(
         ratio = _ratio(logprobs, old_logprobs)  # [N, T]
         metrics = {
             "clip_fraction": token_mean_loss(clipped.to(ratio.dtype), mask, global_num_tokens),
-            "approx_kl": token_mean_loss(kl_low_var(old_logprobs, logprobs, torch.inf), mask, global_num_tokens),
+            "approx_kl": token_mean_loss(
+                kl_low_var(old_logprobs, logprobs, torch.inf), mask, global_num_tokens
+            ),
             "ratio_mean": token_mean_loss(ratio, mask, global_num_tokens),
             "ratio_max": torch.where(mask, ratio, 0.0).max(),
         }

@@ -14,11 +14,10 @@ Both files are streamed line by line. Pure: stdlib only.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from rewards.prompts import LABEL_SETS
 from rewards.rules import RewardBreakdown, RewardRules, score_response
@@ -46,7 +45,7 @@ class _Malformed(ValueError):
     """A line that cannot be scored; the message is the reason reported."""
 
 
-def parse_record(line: str) -> dict[str, Any]:
+def _parse_record(line: str) -> dict[str, Any]:
     """The JSON object of one line, checked for the fields scoring reads; raises `_Malformed`."""
     try:
         record = json.loads(line)
@@ -68,10 +67,10 @@ def parse_record(line: str) -> dict[str, Any]:
     return record
 
 
-def score_record(
+def _score_record(
     record: dict[str, Any], rules: RewardRules, default_labels: Sequence[str]
 ) -> RewardBreakdown:
-    """Score one checked record (see `parse_record`) under `rules`."""
+    """Score one checked record (see `_parse_record`) under `rules`; no or empty `labels` → defaults."""
     return score_response(
         record["response"],
         record["label"],
@@ -89,38 +88,54 @@ def _decode(raw: bytes) -> str:
         raise _Malformed(f"not UTF-8 ({error})") from None
 
 
+def _read_records(source: BinaryIO) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """(line number, record, "") per scorable line, (line number, None, reason) per malformed one."""
+    for line_number, raw in enumerate(source, start=1):
+        try:
+            line = _decode(raw)
+            record = _parse_record(line) if line.strip() else None
+        except _Malformed as error:
+            yield line_number, None, str(error)
+            continue
+        if record is not None:
+            yield line_number, record, ""
+
+
 def rescore_jsonl(
     input_path: str | Path,
     output_path: str | Path,
-    rules: RewardRules = RewardRules(),
+    rules: RewardRules,
     default_labels: Sequence[str] = LABEL_SETS["emoset"],
 ) -> RescoreSummary:
     """Rescore every rollout of `input_path` into `output_path` (format in the module docstring)."""
     sums = dict.fromkeys(COMPONENTS, 0.0)
     skipped: list[tuple[int, str]] = []
     n_scored = 0
-    with open(input_path, "rb") as source, open(output_path, "w", encoding="utf-8") as sink:
-        for line_number, raw in enumerate(source, start=1):
-            try:
-                line = _decode(raw)
-                if not line.strip():
-                    continue
-                record = parse_record(line)
-            except _Malformed as error:
-                skipped.append((line_number, str(error)))
+    # backslashreplace: a lone surrogate (from a "\\udXXX" escape in the input) is written back as
+    # the same JSON escape instead of failing the UTF-8 encoding.
+    with (
+        open(input_path, "rb") as source,
+        open(output_path, "w", encoding="utf-8", errors="backslashreplace") as sink,
+    ):
+        for line_number, record, reason in _read_records(source):
+            if record is None:
+                skipped.append((line_number, reason))
                 continue
-            result = score_record(record, rules, default_labels)
-            scores = _as_columns(result)
+            scores = _as_columns(_score_record(record, rules, default_labels))
             sink.write(json.dumps({**record, **scores}, ensure_ascii=False) + "\n")
             for name, value in scores.items():
                 sums[name] += value
             n_scored += 1
-    means = {name: (total / n_scored if n_scored else None) for name, total in sums.items()}
+    mean = {name: (total / n_scored if n_scored else None) for name, total in sums.items()}
     return RescoreSummary(
         n_scored=n_scored,
         n_skipped=len(skipped),
         skipped=tuple(skipped),
-        **{f"mean_{name}": value for name, value in means.items()},
+        mean_overall=mean["overall"],
+        mean_accuracy=mean["accuracy"],
+        mean_format=mean["format"],
+        mean_coherence=mean["coherence"],
+        mean_consistency=mean["consistency"],
     )
 
 
@@ -148,4 +163,4 @@ def format_summary(summary: RescoreSummary) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+    return "n/a" if value is None else f"{value:.4f}"

@@ -7,13 +7,15 @@ decompression bombs (LESSONS.md, Reliability). `load_image` turns each of those 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import BinaryIO, Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -73,36 +75,48 @@ def load_image(ref: str | bytes | os.PathLike[str], policy: ImagePolicy | None =
     Raises `ImageRejected` (and nothing else) for any file that cannot be used.
     """
     policy = policy or ImagePolicy()
-    image = _open(ref)
-    try:
-        _check_header(image, policy)
-        _decode(image, policy)
-        rgb = _to_rgb(_apply_orientation(image))
-        return _fit_pixels(rgb, policy)
-    except ImageRejected:
-        raise
-    except Exception as error:  # the boundary: any other decoder failure is a corrupt stream
-        raise ImageRejected("truncated", f"{type(error).__name__}: {error}") from error
-    finally:
-        image.close()
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; truncated images would pass unnoticed")
+    with _source(ref) as stream:
+        image = _open(stream)
+        try:
+            _check_header(image, policy)
+            _decode(image, policy)
+            rgb = _to_rgb(_apply_orientation(image))
+            return _fit_pixels(rgb, policy)
+        except ImageRejected:
+            raise
+        except Exception as error:  # the boundary: any other decoder failure is a corrupt stream
+            raise ImageRejected("truncated", f"{type(error).__name__}: {error}") from error
+        finally:
+            image.close()
 
 
-def _open(ref: str | bytes | os.PathLike[str]) -> Image.Image:
-    """Open (header only) from a path or bytes, mapping failures to reasons."""
+@contextlib.contextmanager
+def _source(ref: str | bytes | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A readable stream over the encoded image; missing, unreadable and empty sources are rejected."""
     if isinstance(ref, (bytes, bytearray, memoryview)):
         if len(ref) == 0:
             raise ImageRejected("zero_byte", "empty bytes")
-        source: str | io.BytesIO = io.BytesIO(bytes(ref))
-    else:
-        source = os.fspath(ref)
-        if not os.path.isfile(source):
-            raise ImageRejected("missing", source)
-        if os.path.getsize(source) == 0:
-            raise ImageRejected("zero_byte", source)
+        yield io.BytesIO(bytes(ref))
+        return
+    path = os.fspath(ref)
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 -- closed by the with-block below
+    except OSError as error:  # absent, a directory, no permission
+        raise ImageRejected("missing", f"{path}: {type(error).__name__}") from error
+    with stream:
+        if os.fstat(stream.fileno()).st_size == 0:
+            raise ImageRejected("zero_byte", path)
+        yield stream
+
+
+def _open(stream: BinaryIO) -> Image.Image:
+    """Parse the header only, mapping failures (bombs included) to reasons."""
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(source)
+            return Image.open(stream)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected("decompression_bomb", str(error)) from error
     except Exception as error:
@@ -122,8 +136,6 @@ def _check_header(image: Image.Image, policy: ImagePolicy) -> None:
 
 def _decode(image: Image.Image, policy: ImagePolicy) -> None:
     """Decode every pixel; a truncated or corrupt stream raises `ImageRejected('truncated')`."""
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; truncated images would pass unnoticed")
     if image.format == "JPEG":
         # Let libjpeg decode at 1/2..1/8 scale when the image will be downscaled anyway.
         width, height = _target_size(image.size, policy)

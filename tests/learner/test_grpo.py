@@ -243,7 +243,9 @@ def test_total_loss_is_pg_plus_kl_coef_times_kl():
     # one token, A = 1, logp = old = 0 → pg = −1; ref − logp = 1 → kl = e − 2 = 0.718282
     # loss = −1 + 0.01 · 0.718282 = −0.992817
     z = _t([[0.0]])
-    loss, metrics = grpo_loss(z, z, _t([[1.0]]), _t([1.0]), torch.ones(1, 1, dtype=torch.bool), 1, GrpoLossConfig())
+    loss, metrics = grpo_loss(
+        z, z, _t([[1.0]]), _t([1.0]), torch.ones(1, 1, dtype=torch.bool), 1, GrpoLossConfig()
+    )
     torch.testing.assert_close(loss, _t(-1 + 0.01 * (math.e - 2)), rtol=1e-12, atol=0)
     torch.testing.assert_close(metrics["kl"], _t(math.e - 2), rtol=1e-12, atol=0)
     assert metrics["pg_loss"].item() == -1.0
@@ -349,7 +351,14 @@ def test_entropy_metric_is_reported_when_logits_are_given():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("clip_low", 1.0), ("clip_low", -0.1), ("clip_high", -0.1), ("dual_clip", 1.0), ("kl_coef", -1.0), ("kl_clamp", 0.0)],
+    [
+        ("clip_low", 1.0),
+        ("clip_low", -0.1),
+        ("clip_high", -0.1),
+        ("dual_clip", 1.0),
+        ("kl_coef", -1.0),
+        ("kl_clamp", 0.0),
+    ],
 )
 def test_config_rejects_invalid_knobs_with_a_hint(field, value):
     with pytest.raises(ValueError, match=f"{field}=.*set it"):

@@ -23,9 +23,7 @@ ECHO = (
     "Positive, high arousal.\n"
     "\\boxed{amusement}"
 )
-ECHO_NO_STEP3 = (
-    "<step1>Scene.</step1> A storm.\n<step2>Feeling.</step2> Scared people.\n\nSo: \\boxed{fear}"
-)
+ECHO_NO_STEP3 = "<step1>Scene.</step1> A storm.\n<step2>Feeling.</step2> Scared people.\n\nSo: \\boxed{fear}"
 
 
 @pytest.mark.parametrize(

@@ -242,9 +242,7 @@ def test_score_response_strict_options_change_reflection_parsing():
     assert (strict.coherence, strict.consistency, strict.score) == (1.0, 0.5, pytest.approx(1.05))
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("total", "sum"), ("coherence_span", "loose")]
-)
+@pytest.mark.parametrize(("field", "value"), [("total", "sum"), ("coherence_span", "loose")])
 def test_reward_rules_rejects_unknown_choices_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         RewardRules(**{field: value})

@@ -1,0 +1,179 @@
+"""Dataset loaders: JSONL and parquet manifests (EasyR1 columns) and class-per-folder trees.
+
+Loading never decodes an image: samples carry a path or the encoded bytes, and malformed rows are
+skipped and counted with their location. `validate_samples` is the separate, parallel pass that
+decodes every image with `load_image` and drops the ones that cannot be used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, get_args
+
+from rewards.prompts import LABEL_SETS, build_question
+
+from .images import ImagePolicy, ImageRejected, load_image
+from .rows import Columns, RowRejected, label_set_labels, row_to_sample
+from .sample import LoadResult, Sample
+
+FolderReason = Literal["unknown_label", "unsupported_file", "outside_label_folder"]
+FOLDER_REASONS: tuple[str, ...] = get_args(FolderReason)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_PARQUET_BATCH_ROWS = 1024
+
+__all__ = ["Columns", "load_dataset", "load_folder", "load_jsonl", "load_parquet", "validate_samples"]
+
+
+def load_dataset(path: str | os.PathLike[str], *, label_set: str | None = None, columns: Columns | None = None) -> LoadResult:
+    """Load a `.jsonl` / `.parquet` manifest or a class-per-folder tree, by what `path` is.
+
+    `label_set` (a name from `rewards.prompts.LABEL_SETS`) gives the labels of rows without a
+    `labels` column and of folder trees.
+    """
+    path = os.fspath(path)
+    columns = columns or Columns()
+    label_set_labels(label_set)  # fail fast on an unknown name
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset not found: {path!r} (expected a .jsonl or .parquet manifest or a folder)")
+    if os.path.isdir(path):
+        return load_folder(path, label_set=label_set)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".jsonl", ".json"):
+        return load_jsonl(path, label_set=label_set, columns=columns)
+    if suffix in (".parquet", ".pq"):
+        return load_parquet(path, label_set=label_set, columns=columns)
+    raise ValueError(f"cannot load {path!r}: expected a .jsonl or .parquet manifest or a folder")
+
+
+def load_jsonl(path: str, *, label_set: str | None = None, columns: Columns | None = None) -> LoadResult:
+    """One JSON object per line; blank lines are ignored; locations are `name:line` (1-based)."""
+    name = os.path.basename(path)
+    stem = os.path.splitext(name)[0]
+
+    def rows() -> Iterator[tuple[str, str, Any]]:
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row: Any = json.loads(line)
+                except json.JSONDecodeError:
+                    row = RowRejected("bad_json")
+                yield f"{name}:{number}", f"{stem}-{number}", row
+
+    return _collect(rows(), base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set, columns=columns)
+
+
+def load_parquet(path: str, *, label_set: str | None = None, columns: Columns | None = None) -> LoadResult:
+    """Rows of a parquet file (read in batches); locations are `name[row]` (0-based)."""
+    import pyarrow.parquet as pq
+
+    name = os.path.basename(path)
+    stem = os.path.splitext(name)[0]
+
+    def rows() -> Iterator[tuple[str, str, Any]]:
+        index = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                yield f"{name}[{index}]", f"{stem}-{index}", row
+                index += 1
+
+    return _collect(rows(), base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set, columns=columns)
+
+
+def _collect(
+    rows: Iterable[tuple[str, str, Any]], *, base_dir: str, label_set: str | None, columns: Columns | None
+) -> LoadResult:
+    """Turn `(where, default_id, row)` triples into samples, skipping and counting bad rows."""
+    columns = columns or Columns()
+    result = LoadResult()
+    seen: set[str] = set()
+    for where, default_id, row in rows:
+        try:
+            if isinstance(row, RowRejected):
+                raise row
+            sample = row_to_sample(row, columns=columns, base_dir=base_dir, default_id=default_id, label_set=label_set)
+            if sample.sample_id in seen:
+                raise RowRejected("duplicate_id", sample.sample_id)
+        except RowRejected as rejected:
+            result.skip(where, rejected.reason)
+            continue
+        seen.add(sample.sample_id)
+        result.samples.append(sample)
+    return result
+
+
+def load_folder(root: str, *, label_set: str | None = None) -> LoadResult:
+    """A class-per-folder tree `root/<label>/<image>`; labels come from the folder names.
+
+    With `label_set` given, folders outside it are skipped (`unknown_label`). Without it, the
+    labels are a known label set if the folder names are exactly one, or fit in exactly one; else
+    the sorted folder names. Hidden files are ignored; other non-image files are counted.
+    """
+    folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    labels, dataset = _folder_labels([f.lower() for f in folders], label_set)
+    question = build_question(labels) if labels else ""
+    result = LoadResult()
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_file() and not entry.name.startswith("."):
+            result.skip(entry.name, "outside_label_folder")
+    for folder in folders:
+        label = folder.lower()
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            where = f"{folder}/{name}"
+            if name.startswith(".") or os.path.isdir(os.path.join(root, folder, name)):
+                continue
+            if label not in labels:
+                result.skip(where, "unknown_label")
+            elif os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                result.skip(where, "unsupported_file")
+            else:
+                image = os.path.join(os.path.abspath(root), folder, name)
+                result.samples.append(Sample(where, image, question, labels, label, dataset=dataset))
+    return result
+
+
+def _folder_labels(folders: list[str], label_set: str | None) -> tuple[tuple[str, ...], str]:
+    """The label set of a folder tree and its dataset name (see `load_folder`)."""
+    configured = label_set_labels(label_set)
+    if configured is not None:
+        return configured, str(label_set).lower()
+    names = set(folders)
+    exact = [name for name, labels in LABEL_SETS.items() if set(labels) == names]
+    supersets = [name for name, labels in LABEL_SETS.items() if names and names <= set(labels)]
+    for candidates in (exact, supersets):
+        if len(candidates) == 1:
+            return LABEL_SETS[candidates[0]], candidates[0]
+    return tuple(sorted(names)), ""
+
+
+def validate_samples(
+    samples: Iterable[Sample], policy: ImagePolicy | None = None, *, workers: int | None = None
+) -> LoadResult:
+    """Decode every sample's image (thread pool; PIL decodes without the GIL) and keep the usable ones.
+
+    Order is preserved. Skipped samples are counted by image reason and located by sample id.
+    """
+    policy = policy or ImagePolicy()
+    samples = list(samples)
+    workers = workers or min(8, os.cpu_count() or 1)
+    result = LoadResult()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate-image") as pool:
+        for sample, reason in zip(samples, pool.map(lambda s: _image_reason(s, policy), samples)):
+            if reason is None:
+                result.samples.append(sample)
+            else:
+                result.skip(sample.sample_id, reason)
+    return result
+
+
+def _image_reason(sample: Sample, policy: ImagePolicy) -> str | None:
+    """None if the sample's image loads under `policy`, else the reason it does not."""
+    try:
+        load_image(sample.image, policy).close()
+    except ImageRejected as rejected:
+        return rejected.reason
+    return None

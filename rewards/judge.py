@@ -1,0 +1,34 @@
+"""The judge that writes reflections: a vLLM engine (the policy's own, or a frozen model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from actors.engine import Engine
+from actors.types import PromptRequest, SamplingSettings
+from rewards.config import JudgeConfig
+from rewards.scoring import ReflectionRequest
+
+
+def judge_sampling(cfg: JudgeConfig) -> SamplingSettings:
+    """One sample per reflection, temperature 0.6, top_p 0.95 (METHOD.md §3)."""
+    return SamplingSettings(
+        n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, logprobs=False
+    )
+
+
+class EngineJudge:
+    """Generates reflections on an engine; reflections are never trained on."""
+
+    def __init__(self, engine: Engine, cfg: JudgeConfig, seed: int = 0):
+        self.engine = engine
+        self.sampling = judge_sampling(cfg)
+        self.seed = seed
+        self.calls = 0
+
+    def reflect(self, requests: Sequence[ReflectionRequest]) -> list[str]:
+        self.calls += 1
+        base = self.seed * 1_000_003 + self.calls * 10_007
+        prompts = [PromptRequest(i, r.user_text, r.image, seed=base + i) for i, r in enumerate(requests)]
+        groups = self.engine.generate(prompts, self.sampling)
+        return [g.completions[0].text for g in groups]
