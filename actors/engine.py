@@ -7,6 +7,7 @@ Every weight update resets every cache that depends on weights (prefix, multimod
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,11 +37,21 @@ class EngineSettings:
     seed: int = 0
 
 
+class _DropThreadWarning(logging.Filter):
+    """vLLM's CPU worker replaces torch.set_num_threads by a function that warns on every call;
+    in an in-process engine the image processor calls it per request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torch.set_num_threads" not in record.getMessage()
+
+
 def configure_cpu_environment() -> None:
     """Env vars vLLM's CPU build needs to run in-process (set before vllm is imported)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_DropThreadWarning())
 
 
 class Engine:

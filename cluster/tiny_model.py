@@ -101,25 +101,19 @@ class TinyModelSpec:
 
     def __post_init__(self) -> None:
         head_dim, rest = divmod(self.hidden_size, self.num_heads)
-        checks = {
-            f"hidden_size / num_heads = {self.hidden_size / self.num_heads} must be one of "
-            f"{VLLM_CPU_HEAD_SIZES}": rest == 0 and head_dim in VLLM_CPU_HEAD_SIZES,
-            f"num_heads {self.num_heads} must be divisible by num_kv_heads {self.num_kv_heads}": (
-                self.num_heads % self.num_kv_heads == 0
-            ),
-            f"mrope_section {self.mrope_section} must sum to head_dim / 2 = {head_dim // 2}": (
-                2 * sum(self.mrope_section) == head_dim
-            ),
-            "vision_hidden_size must be divisible by vision_heads": self.vision_hidden_size % self.vision_heads == 0,
-            f"fullatt_block_indexes must be < vision_depth {self.vision_depth}": all(
-                0 <= i < self.vision_depth for i in self.fullatt_block_indexes
-            ),
-            f"dtype {self.dtype!r} must be 'float32' or 'bfloat16'": self.dtype in ("float32", "bfloat16"),
-            "min_pixels must be <= max_pixels": self.min_pixels <= self.max_pixels,
-        }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError("invalid TinyModelSpec: " + "; ".join(failed))
+        depth = self.vision_depth
+        rules = [
+            (rest == 0 and head_dim in VLLM_CPU_HEAD_SIZES, "hidden_size/num_heads a vLLM CPU head size"),
+            (self.num_heads % self.num_kv_heads == 0, "num_heads divisible by num_kv_heads"),
+            (2 * sum(self.mrope_section) == head_dim, f"sum(mrope_section) == head_dim/2 == {head_dim // 2}"),
+            (self.vision_hidden_size % self.vision_heads == 0, "vision_hidden_size % vision_heads == 0"),
+            (all(0 <= i < depth for i in self.fullatt_block_indexes), "fullatt_block_indexes < vision_depth"),
+            (self.dtype in ("float32", "bfloat16"), "dtype 'float32' or 'bfloat16'"),
+            (self.min_pixels <= self.max_pixels, "min_pixels <= max_pixels"),
+        ]
+        broken = [rule for ok, rule in rules if not ok]
+        if broken:
+            raise ValueError(f"invalid TinyModelSpec {self}: needs " + "; ".join(broken))
 
 
 def model_digest(corpus: Sequence[str], spec: TinyModelSpec) -> str:
@@ -171,8 +165,7 @@ def build_tiny_model(out_dir: Path, corpus: Sequence[str], spec: TinyModelSpec =
     )
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
-    _processor(tokenizer, spec).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    _processor(tokenizer, spec).save_pretrained(out_dir)  # + tokenizer files and chat_template.jinja
 
 
 def train_tokenizer(corpus: Sequence[str], spec: TinyModelSpec = TinyModelSpec()):
@@ -205,13 +198,18 @@ def train_tokenizer(corpus: Sequence[str], spec: TinyModelSpec = TinyModelSpec()
 
 def prompt_texts() -> list[str]:
     """Every fixed text the policy reads or writes besides the corpus (rewards/prompts.py + chat)."""
-    texts = [SET_INSTRUCTION, GRPO_INSTRUCTION, NO_SPAN_PROMPT, DEFAULT_SYSTEM_PROMPT, "system user assistant"]
+    texts = [SET_INSTRUCTION, GRPO_INSTRUCTION, NO_SPAN_PROMPT, DEFAULT_SYSTEM_PROMPT]
     for labels in LABEL_SETS.values():
         question = build_question(labels)
         texts += [build_user_text(question, "set"), build_user_text(question, "grpo")]
         texts += [coherence_prompt("a", labels), consistency_prompt("a")]
         texts += [f"{label} {label}. \\boxed{{{label}}}" for label in labels]
-    return texts + ["yes no None", "Yes No", "\\boxed{yes} \\boxed{no} \\boxed{None}"]
+    # chat roles, and the judge's answers to the reflection prompts
+    return texts + [
+        "system\nuser\nassistant\n",
+        "yes no None Yes No",
+        "\\boxed{yes} \\boxed{no} \\boxed{None}",
+    ]
 
 
 def _training_pieces(corpus: Sequence[str]) -> list[str]:
@@ -236,13 +234,30 @@ def _model_config(tokenizer, spec: TinyModelSpec):
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
         max_position_embeddings=spec.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta, "mrope_section": list(spec.mrope_section)},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": spec.rope_theta,
+            "mrope_section": list(spec.mrope_section),
+        },
         bos_token_id=ids("<|endoftext|>"),
         eos_token_id=ids("<|im_end|>"),
         pad_token_id=ids("<|endoftext|>"),
         tie_word_embeddings=spec.tie_word_embeddings,
     )
-    vision = dict(
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=_vision_config(spec),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=spec.tie_word_embeddings,
+        dtype=spec.dtype,
+    )
+
+
+def _vision_config(spec: TinyModelSpec) -> dict:
+    return dict(
         depth=spec.vision_depth,
         hidden_size=spec.vision_hidden_size,
         intermediate_size=spec.vision_intermediate_size,
@@ -251,18 +266,8 @@ def _model_config(tokenizer, spec: TinyModelSpec):
         spatial_merge_size=spec.spatial_merge_size,
         temporal_patch_size=spec.temporal_patch_size,
         window_size=spec.window_size,
-        out_hidden_size=spec.hidden_size,
+        out_hidden_size=spec.hidden_size,  # the merger projects straight into the text stream
         fullatt_block_indexes=list(spec.fullatt_block_indexes),
-    )
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=spec.tie_word_embeddings,
-        dtype=spec.dtype,
     )
 
 

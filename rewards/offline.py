@@ -1,14 +1,15 @@
 """Offline rescoring of rollout dumps (JSON lines) under a choice of reward rules (METHOD.md §3).
 
 Input: one JSON object per line with `response` (str) and `label` (str, the gold label), optionally
-`labels` (list of str: the dataset's label set, only read by strict label matching; absent → the
-`default_labels` argument, EmoSet unless told otherwise), and optionally `coherence_reflection` /
+`labels` (list of str: the dataset's label set, only read by strict label matching; absent, null or
+empty → the `default_labels` argument, EmoSet unless told otherwise), and optionally `coherence_reflection` /
 `consistency_reflection` (str; absent or null = not run → 1.0, as in validation).
 
 Output: every scorable input object, in input order, plus `overall` (the score), `accuracy`,
 `format`, `coherence` and `consistency` (existing keys of those names are overwritten). Blank lines
 are skipped silently; malformed lines are skipped and reported with their 1-based line number.
-Both files are streamed line by line. Pure: stdlib only.
+Output is pure ASCII JSON (non-ASCII characters as `\\uXXXX` escapes, so every reader splits lines
+alike). Both files are streamed line by line. Pure: stdlib only.
 """
 
 from __future__ import annotations
@@ -111,18 +112,14 @@ def rescore_jsonl(
     sums = dict.fromkeys(COMPONENTS, 0.0)
     skipped: list[tuple[int, str]] = []
     n_scored = 0
-    # backslashreplace: a lone surrogate (from a "\\udXXX" escape in the input) is written back as
-    # the same JSON escape instead of failing the UTF-8 encoding.
-    with (
-        open(input_path, "rb") as source,
-        open(output_path, "w", encoding="utf-8", errors="backslashreplace") as sink,
-    ):
+    # ASCII output: no non-ASCII line breaks (U+0085, U+2028) or lone surrogates reach the file.
+    with open(input_path, "rb") as source, open(output_path, "w", encoding="ascii") as sink:
         for line_number, record, reason in _read_records(source):
             if record is None:
                 skipped.append((line_number, reason))
                 continue
             scores = _as_columns(_score_record(record, rules, default_labels))
-            sink.write(json.dumps({**record, **scores}, ensure_ascii=False) + "\n")
+            sink.write(json.dumps({**record, **scores}) + "\n")
             for name, value in scores.items():
                 sums[name] += value
             n_scored += 1

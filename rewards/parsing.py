@@ -1,6 +1,7 @@
 """Text parsing for EMO-R3's rewards (METHOD.md §2-§3). Pure: stdlib only.
 
-Every function here accepts any `str` and never raises; "not found" is `None`.
+Every function here accepts any `str` text and never raises on it; "not found" is `None`. (Only an
+unknown `style` argument of `coherence_span` raises `ValueError`.)
 """
 
 from __future__ import annotations
@@ -62,11 +63,12 @@ def coherence_span(response: str, style: CoherenceSpanStyle = "release") -> str 
 
     - "release" (default): regex `(<step1>.*?</step2>)`, dot-all, tags included, as released. When
       the model echoes the tag lines and writes its content after them, step-2 content is lost.
-    - "echo": starts where "release" starts and needs the same first `</step2>` (tags may contain
-      whitespace, e.g. `< step1 >`, `< / step2 >`), then extends the span past `</step2>` up to just
-      before the first following `<step3>`; if there is none, up to just before the first following
-      `\\boxed{`; if there is none either, to the end of the response. Trailing whitespace of the
-      span is dropped, so a response with content inside the tags gets the same span as "release".
+    - "echo": like "release", from the first `<step1>` through the first `</step2>` after it, except
+      that these tags may contain whitespace (`< step1 >`, `< / step2 >`); then the span is extended
+      past that `</step2>` up to just before the first following `<step3>` (whitespace allowed in
+      the tag); if there is none, up to just before the first following `\\boxed{`; if there is
+      none either, to the end of the response. Trailing whitespace of the span is dropped, so a
+      response with its content inside the tags gets the same span as "release".
     """
     try:
         find_span = _COHERENCE_SPAN_STYLES[style]

@@ -167,9 +167,9 @@ def grpo_total(accuracy: float, format: float, coherence: float, consistency: fl
 
 # ---- choosing and applying the rules --------------------------------------------------------------
 
-Total = Callable[[float, float, float, float], float]
+TotalFunction = Callable[[float, float, float, float], float]
 
-_TOTALS: dict[str, Total] = {"release": release_total, "paper": paper_total, "grpo": grpo_total}
+_TOTALS: dict[str, TotalFunction] = {"release": release_total, "paper": paper_total, "grpo": grpo_total}
 _FORMATS: dict[str, Callable[[str], float]] = {
     "release": set_format_reward,
     "paper": set_format_reward,

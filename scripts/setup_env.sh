@@ -30,7 +30,6 @@ DS_BUILD_OPS=0 "${PIP[@]}" install --no-build-isolation "deepspeed==0.19.8"
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 cp "$ROOT/scripts/tv_cpu_shim.py" "$SITE/_tv_cpu_shim.py"
 echo "import _tv_cpu_shim" > "$SITE/_tv_cpu_shim.pth"
-export TORCH_EXTENSIONS_DIR=$ROOT/.cache/torch_extensions
 "$VENV/bin/python" -m cluster.warmup
 echo "$WANT" > "$STAMP"
 echo "[setup] environment ready: $(du -sh "$VENV" | cut -f1)" >&2

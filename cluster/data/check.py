@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from .images import ImagePolicy
 from .manifest import load_dataset, validate_samples
 from .rows import Columns
+from .sample import Sample
 
 
 @dataclass
@@ -58,7 +59,7 @@ def check_dataset(
     return report
 
 
-def _all_labels(samples: list) -> tuple[str, ...]:
+def _all_labels(samples: list[Sample]) -> tuple[str, ...]:
     """Every label of every sample, first-seen order (one label set in the usual case)."""
     labels: dict[str, None] = {}
     for sample in samples:

@@ -76,7 +76,9 @@ def load_image(ref: str | bytes | os.PathLike[str], policy: ImagePolicy | None =
     """
     policy = policy or ImagePolicy()
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; truncated images would pass unnoticed")
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; truncated images would pass unnoticed"
+        )
     with _source(ref) as stream:
         image = _open(stream)
         try:

@@ -24,10 +24,20 @@ FOLDER_REASONS: tuple[str, ...] = get_args(FolderReason)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _PARQUET_BATCH_ROWS = 1024
 
-__all__ = ["Columns", "load_dataset", "load_folder", "load_jsonl", "load_parquet", "validate_samples"]
+__all__ = [
+    "Columns",
+    "LoadResult",
+    "load_dataset",
+    "load_folder",
+    "load_jsonl",
+    "load_parquet",
+    "validate_samples",
+]
 
 
-def load_dataset(path: str | os.PathLike[str], *, label_set: str | None = None, columns: Columns | None = None) -> LoadResult:
+def load_dataset(
+    path: str | os.PathLike[str], *, label_set: str | None = None, columns: Columns | None = None
+) -> LoadResult:
     """Load a `.jsonl` / `.parquet` manifest or a class-per-folder tree, by what `path` is.
 
     `label_set` (a name from `rewards.prompts.LABEL_SETS`) gives the labels of rows without a
@@ -37,7 +47,9 @@ def load_dataset(path: str | os.PathLike[str], *, label_set: str | None = None, 
     columns = columns or Columns()
     label_set_labels(label_set)  # fail fast on an unknown name
     if not os.path.exists(path):
-        raise FileNotFoundError(f"dataset not found: {path!r} (expected a .jsonl or .parquet manifest or a folder)")
+        raise FileNotFoundError(
+            f"dataset not found: {path!r} (expected a .jsonl or .parquet manifest or a folder)"
+        )
     if os.path.isdir(path):
         return load_folder(path, label_set=label_set)
     suffix = os.path.splitext(path)[1].lower()
@@ -51,9 +63,8 @@ def load_dataset(path: str | os.PathLike[str], *, label_set: str | None = None, 
 def load_jsonl(path: str, *, label_set: str | None = None, columns: Columns | None = None) -> LoadResult:
     """One JSON object per line; blank lines are ignored; locations are `name:line` (1-based)."""
     name = os.path.basename(path)
-    stem = os.path.splitext(name)[0]
 
-    def rows() -> Iterator[tuple[str, str, Any]]:
+    def rows() -> Iterator[tuple[str, Any]]:
         with open(path, encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
@@ -62,9 +73,11 @@ def load_jsonl(path: str, *, label_set: str | None = None, columns: Columns | No
                     row: Any = json.loads(line)
                 except json.JSONDecodeError:
                     row = RowRejected("bad_json")
-                yield f"{name}:{number}", f"{stem}-{number}", row
+                yield f"{name}:{number}", row
 
-    return _collect(rows(), base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set, columns=columns)
+    return _collect(
+        rows(), base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set, columns=columns
+    )
 
 
 def load_parquet(path: str, *, label_set: str | None = None, columns: Columns | None = None) -> LoadResult:
@@ -72,30 +85,36 @@ def load_parquet(path: str, *, label_set: str | None = None, columns: Columns | 
     import pyarrow.parquet as pq
 
     name = os.path.basename(path)
-    stem = os.path.splitext(name)[0]
 
-    def rows() -> Iterator[tuple[str, str, Any]]:
+    def rows() -> Iterator[tuple[str, Any]]:
         index = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH_ROWS):
             for row in batch.to_pylist():
-                yield f"{name}[{index}]", f"{stem}-{index}", row
+                yield f"{name}[{index}]", row
                 index += 1
 
-    return _collect(rows(), base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set, columns=columns)
+    return _collect(
+        rows(), base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set, columns=columns
+    )
 
 
 def _collect(
-    rows: Iterable[tuple[str, str, Any]], *, base_dir: str, label_set: str | None, columns: Columns | None
+    rows: Iterable[tuple[str, Any]], *, base_dir: str, label_set: str | None, columns: Columns | None
 ) -> LoadResult:
-    """Turn `(where, default_id, row)` triples into samples, skipping and counting bad rows."""
+    """Turn `(where, row)` pairs into samples, skipping and counting bad rows.
+
+    A row without an id gets its location as id (`train.jsonl:12`), so later reports can point at it.
+    """
     columns = columns or Columns()
     result = LoadResult()
     seen: set[str] = set()
-    for where, default_id, row in rows:
+    for where, row in rows:
         try:
             if isinstance(row, RowRejected):
                 raise row
-            sample = row_to_sample(row, columns=columns, base_dir=base_dir, default_id=default_id, label_set=label_set)
+            sample = row_to_sample(
+                row, columns=columns, base_dir=base_dir, default_id=where, label_set=label_set
+            )
             if sample.sample_id in seen:
                 raise RowRejected("duplicate_id", sample.sample_id)
         except RowRejected as rejected:
@@ -113,7 +132,9 @@ def load_folder(root: str, *, label_set: str | None = None) -> LoadResult:
     labels are a known label set if the folder names are exactly one, or fit in exactly one; else
     the sorted folder names. Hidden files are ignored; other non-image files are counted.
     """
-    folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    folders = sorted(
+        entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")
+    )
     labels, dataset = _folder_labels([f.lower() for f in folders], label_set)
     question = build_question(labels) if labels else ""
     result = LoadResult()
@@ -162,7 +183,9 @@ def validate_samples(
     workers = workers or min(8, os.cpu_count() or 1)
     result = LoadResult()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate-image") as pool:
-        for sample, reason in zip(samples, pool.map(lambda s: _image_reason(s, policy), samples)):
+        for sample, reason in zip(
+            samples, pool.map(lambda s: _image_reason(s, policy), samples), strict=True
+        ):
             if reason is None:
                 result.samples.append(sample)
             else:

@@ -27,7 +27,9 @@ class Sample:
 
     def __post_init__(self) -> None:
         if self.answer not in self.labels:
-            raise ValueError(f"sample {self.sample_id!r}: answer {self.answer!r} is not in labels {self.labels}")
+            raise ValueError(
+                f"sample {self.sample_id!r}: answer {self.answer!r} is not in labels {self.labels}"
+            )
         if self.label_dist is not None and len(self.label_dist) != len(self.labels):
             raise ValueError(
                 f"sample {self.sample_id!r}: label_dist has {len(self.label_dist)} entries for {len(self.labels)} labels"

@@ -113,8 +113,8 @@ def test_rescore_strict_label_match_uses_record_labels_or_emoset(tmp_path):
     assert [obj["coherence"] for obj in read_objects(tmp_path / "out.jsonl")] == [0.0, 1.0]
 
 
-def test_rescore_round_trips_lone_surrogate_escapes(tmp_path):
-    record = {"response": "\\boxed{fear} \ud800", "label": "fear"}
+def test_rescore_round_trips_line_separators_and_lone_surrogates(tmp_path):
+    record = {"response": "\\boxed{fear} \ud800 \u2028 \x85 é", "label": "fear"}
     source = write_lines(tmp_path / "in.jsonl", [json.dumps(record)])
     summary = rescore_jsonl(source, tmp_path / "out.jsonl", RewardRules())
     assert summary.n_scored == 1

@@ -1,0 +1,41 @@
+"""The rollout worker: one vLLM engine sampling groups from the current policy version.
+
+A plain class; the cluster layer makes it a Ray actor at spawn time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from actors.engine import Engine, EngineSettings
+from actors.types import Group, ImageRef, PromptRequest, SamplingSettings
+
+
+class RolloutWorker:
+    def __init__(self, settings: EngineSettings, sampling: SamplingSettings, image_loader: Callable[[ImageRef], Any]):
+        self.engine = Engine(settings, image_loader)
+        self.sampling = sampling
+
+    def generate(self, requests: Sequence[PromptRequest]) -> list[Group]:
+        """G completions per request, all from `self.version`."""
+        return self.engine.generate(requests, self.sampling)
+
+    def load_weights(self, version: int, buckets: list[dict[str, torch.Tensor]]) -> float:
+        """Load the trained parameters (HF names, in buckets) in place; returns the seconds it took."""
+        start = time.perf_counter()
+        self.engine.load_weights((item for bucket in buckets for item in bucket.items()), version)
+        return time.perf_counter() - start
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    def get_version(self) -> int:
+        return self.engine.version
+
+    def ping(self) -> bool:
+        return True

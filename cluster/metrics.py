@@ -1,0 +1,74 @@
+"""Per-iteration metrics (names in the style of veRL/TRL) and where they are written.
+
+Always `metrics.jsonl` in the run directory (one JSON object per iteration); TensorBoard on top.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from cluster.rollouts import IterationRollouts
+
+COMPONENTS = ("accuracy", "format", "coherence", "consistency", "score")
+
+
+def _mean_std(values: list[float], prefix: str) -> dict[str, float]:
+    if not values:
+        return {}
+    return {f"{prefix}/mean": statistics.fmean(values), f"{prefix}/std": statistics.pstdev(values)}
+
+
+def rollout_metrics(rollouts: IterationRollouts) -> dict[str, float]:
+    """Reward components, rates and lengths of one iteration's rollouts."""
+    scores = [s for sg in rollouts.groups for s in sg.scores]
+    scored = [s for s in scores if s.rewards is not None]
+    lengths = [len(c.token_ids) for sg in rollouts.groups for c in sg.group.completions]
+    metrics: dict[str, float] = {}
+    for name in COMPONENTS:
+        metrics |= _mean_std([getattr(s.rewards, name) for s in scored], f"reward/{name}")
+    reflected = [s for s in scored if s.coherence_reflection is not None]
+    metrics |= {
+        "rollout/unscorable_rate": 1 - len(scored) / max(len(scores), 1),
+        "rollout/accuracy": metrics.get("reward/accuracy/mean", 0.0),
+        "rollout/format_rate": metrics.get("reward/format/mean", 0.0),
+        "rollout/truncated_rate": statistics.fmean(
+            [c.finish_reason == "length" for sg in rollouts.groups for c in sg.group.completions]
+        ),
+        "response_length/mean": statistics.fmean(lengths) if lengths else 0.0,
+        "response_length/max": float(max(lengths, default=0)),
+        "reward/failures": float(len(rollouts.reward_failures)),
+    }
+    if reflected:
+        metrics["reflection/coherence_agree_rate"] = statistics.fmean([s.rewards.coherence == 1.0 for s in reflected])
+        metrics["reflection/consistency_yes_rate"] = statistics.fmean([s.rewards.consistency == 1.0 for s in reflected])
+        metrics["reflection/undecided_rate"] = statistics.fmean(
+            [0.5 in (s.rewards.coherence, s.rewards.consistency) for s in reflected]
+        )
+    return metrics
+
+
+class MetricsLog:
+    """metrics.jsonl (always) + TensorBoard (optional); appends, so a resumed run keeps its history."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        record = {"iteration": iteration, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, iteration)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,83 @@
+"""Typed pools of Ray actors built from plain worker classes, and deadline-bounded waits.
+
+Every remote wait in the service goes through `wait_all` / `wait_any`, so nothing blocks forever:
+past its deadline a wait raises `DeadlineExceeded` naming what did not answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+class DeadlineExceeded(TimeoutError):
+    pass
+
+
+def wait_all(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
+    """Values of every ref, in order, or DeadlineExceeded after `timeout_s`."""
+    try:
+        return ray.get(list(refs), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise DeadlineExceeded(f"{what}: no answer from every actor within {timeout_s:g} s") from None
+
+
+@dataclass(frozen=True)
+class Role:
+    """How many actors of a kind, and what each reserves."""
+
+    name: str
+    count: int
+    num_cpus: float
+    num_gpus: float
+
+
+class Placement:
+    """One placement group with a bundle per actor, reserved before any actor starts."""
+
+    def __init__(self, roles: Sequence[Role], timeout_s: float):
+        self.roles = list(roles)
+        bundles = [self._bundle(r) for r in self.roles for _ in range(r.count)]
+        self.group: PlacementGroup = placement_group(bundles, strategy="PACK")
+        ready, _ = ray.wait([self.group.ready()], timeout=timeout_s)
+        if not ready:
+            remove_placement_group(self.group)
+            needed = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
+            raise DeadlineExceeded(
+                f"the cluster could not reserve {needed} for {', '.join(f'{r.count} {r.name}' for r in self.roles)} "
+                f"within {timeout_s:g} s (available: {ray.available_resources()})"
+            )
+
+    @staticmethod
+    def _bundle(role: Role) -> dict[str, float]:
+        bundle = {"CPU": role.num_cpus}
+        if role.num_gpus:
+            bundle["GPU"] = role.num_gpus
+        return bundle
+
+    def spawn(self, role_name: str, cls: type, args_per_actor: Sequence[tuple]) -> list[Any]:
+        """Start `cls` as Ray actors in the bundles of `role_name`, one per args tuple."""
+        offset = 0
+        for role in self.roles:
+            if role.name == role_name:
+                break
+            offset += role.count
+        assert len(args_per_actor) == role.count, (role_name, len(args_per_actor), role.count)
+        remote_cls = ray.remote(cls)
+        return [
+            remote_cls.options(
+                num_cpus=role.num_cpus,
+                num_gpus=role.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + i),
+                name=f"emo-r3-{role_name}-{i}-{id(self.group):x}",
+            ).remote(*args)
+            for i, args in enumerate(args_per_actor)
+        ]
+
+    def release(self) -> None:
+        remove_placement_group(self.group)

@@ -1,0 +1,114 @@
+"""One iteration's generation and scoring, streamed: each chunk of groups goes to the reward pool
+as soon as it is generated, so reflection overlaps the rest of the generation.
+
+Deadlines: a generation chunk that misses `generate_timeout_s` fails the iteration with the worker
+named (the batch cannot be trained short); a scoring call that raises or misses `reward.timeout_s`
+makes its rollouts unscorable (masked and counted), never a silent 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import ray
+
+from actors.types import Group, PromptRequest
+from cluster.data.sample import Sample
+from cluster.pools import DeadlineExceeded
+from cluster.workers import RewardPool, RolloutPool
+from rewards.scoring import RolloutScore, ScoreItem
+
+
+@dataclass
+class ScoredGroup:
+    sample: Sample
+    group: Group
+    scores: list[RolloutScore]
+
+
+@dataclass
+class IterationRollouts:
+    groups: list[ScoredGroup]
+    generate_s: float = 0.0  # wall time until the last group was generated
+    reward_tail_s: float = 0.0  # wall time from the last generated group to the last score
+    reward_failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    chunk: list[int]  # indices into the batch
+    submitted: float
+
+
+def generate_and_score(
+    batch: Sequence[Sample], requests: Sequence[PromptRequest], rollout: RolloutPool, reward: RewardPool,
+    version: int, *, chunk_size: int, generate_timeout_s: float, reward_timeout_s: float,
+) -> IterationRollouts:  # fmt: skip
+    start = time.perf_counter()
+    generating = {
+        rollout.submit_generate([requests[i] for i in chunk]): _Pending(chunk, start)
+        for chunk in _chunks(len(requests), chunk_size)
+    }
+    scoring: dict[ray.ObjectRef, tuple[list[ScoredGroup], float]] = {}
+    done: list[ScoredGroup] = []
+    result = IterationRollouts([])
+    while generating or scoring:
+        ready, _ = ray.wait([*generating, *scoring], num_returns=1, timeout=1.0)
+        now = time.perf_counter()
+        for ref in ready:
+            if ref in generating:
+                pending = generating.pop(ref)
+                groups = [ScoredGroup(batch[i], g, []) for i, g in zip(pending.chunk, ray.get(ref), strict=True)]
+                scoring[reward.submit_score([_item(sg) for sg in groups], version)] = (groups, now)
+                if not generating:
+                    result.generate_s = now - start
+            else:
+                groups, _ = scoring.pop(ref)
+                done += _attach(groups, ref, result)
+        _check_generation_deadline(generating, now, generate_timeout_s)
+        done += _expire_scoring(scoring, now, reward_timeout_s, result)
+    result.reward_tail_s = time.perf_counter() - start - result.generate_s
+    result.groups = sorted(done, key=lambda sg: sg.group.group_id)
+    return result
+
+
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def _item(sg: ScoredGroup) -> ScoreItem:
+    return ScoreItem(sg.group, sg.sample.answer, sg.sample.labels, sg.sample.image)
+
+
+def _attach(groups: list[ScoredGroup], ref: ray.ObjectRef, result: IterationRollouts) -> list[ScoredGroup]:
+    try:
+        scores = ray.get(ref)
+    except Exception as err:  # the reward worker raised or died: unscorable, not zero
+        result.reward_failures.append(repr(err)[:500])
+        scores = [[RolloutScore(None, error="reward worker failed") for _ in sg.group.completions] for sg in groups]
+    for sg, group_scores in zip(groups, scores, strict=True):
+        sg.scores = group_scores
+    return groups
+
+
+def _check_generation_deadline(generating: dict, now: float, timeout_s: float) -> None:
+    late = [p for p in generating.values() if now - p.submitted > timeout_s]
+    if late:
+        raise DeadlineExceeded(
+            f"{len(late)} generation chunk(s) did not finish within rollout deadline {timeout_s:g} s "
+            "(cluster.generate_timeout_s); a rollout worker is stuck or far too slow"
+        )
+
+
+def _expire_scoring(scoring: dict, now: float, timeout_s: float, result: IterationRollouts) -> list[ScoredGroup]:
+    expired = []
+    for ref, (groups, submitted) in list(scoring.items()):
+        if now - submitted > timeout_s:
+            del scoring[ref]
+            result.reward_failures.append(f"scoring exceeded reward.timeout_s={timeout_s:g} s")
+            for sg in groups:
+                sg.scores = [RolloutScore(None, error="reward deadline exceeded") for _ in sg.group.completions]
+            expired += groups
+    return expired

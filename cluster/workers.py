@@ -1,0 +1,79 @@
+"""Typed handles on the three pools of Ray actors: rollout, reward, learner.
+
+Each handle exposes typed `submit_*` / blocking methods; no dispatch by method-name strings. Every
+blocking method waits with a deadline (cluster.pools.wait_all).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.types import Group, PromptRequest
+from cluster.pools import wait_all
+from rewards.scoring import ScoreItem
+
+
+@dataclass(frozen=True)
+class Receivers:
+    """Everything that must load new policy weights: rollout engines and policy-following judges."""
+
+    actors: list[Any]
+
+
+class RolloutPool:
+    def __init__(self, actors: list[Any]):
+        self.actors = actors
+        self._next = itertools.cycle(range(len(actors)))
+
+    def submit_generate(self, requests: Sequence[PromptRequest]) -> ray.ObjectRef:
+        return self.actors[next(self._next)].generate.remote(list(requests))
+
+    def versions(self, timeout_s: float) -> list[int]:
+        return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "rollout versions")
+
+
+class RewardPool:
+    def __init__(self, actors: list[Any], follows_policy: bool):
+        self.actors = actors
+        self.follows_policy = follows_policy
+        self._next = itertools.cycle(range(len(actors)))
+
+    def submit_score(self, items: Sequence[ScoreItem], version: int) -> ray.ObjectRef:
+        expected = version if self.follows_policy else None
+        return self.actors[next(self._next)].score.remote(list(items), expected)
+
+    def versions(self, timeout_s: float) -> list[int | None]:
+        return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "judge versions")
+
+
+class LearnerGroup:
+    def __init__(self, ranks: list[Any]):
+        self.ranks = ranks
+
+    def train(self, shards: list[list[list[Any]]], global_num_tokens: list[int], timeout_s: float) -> list[dict]:
+        """One iteration of updates; `shards[r][m]` is rank r's share of mini-batch m."""
+        refs = [rank.train_iteration.remote(shard, global_num_tokens) for rank, shard in zip(self.ranks, shards, strict=True)]
+        return wait_all(refs, timeout_s, "learner train_iteration")
+
+    def publish_weights(self) -> list[ray.ObjectRef]:
+        """Every rank joins the gather (a collective under ZeRO-3); rank 0's buckets, the first ref,
+        go to the object store once. The other refs only tell when the other ranks are done."""
+        return [rank.weight_buckets.remote() for rank in self.ranks]
+
+    def save(self, out_dir: str, timeout_s: float) -> None:
+        wait_all([rank.save.remote(out_dir) for rank in self.ranks], timeout_s, "learner save")
+
+
+def push_weights(published: list[ray.ObjectRef], receivers: Receivers, version: int, timeout_s: float) -> list[Any]:
+    """Every receiver pulls the same object-store buckets and moves to `version` (all or an error)."""
+    loads = [a.load_weights.remote(version, published[0]) for a in receivers.actors]
+    return wait_all(loads + published[1:], timeout_s, "weight push")[: len(loads)]
+
+
+def groups_of(results: list[list[Group]]) -> list[Group]:
+    return [g for chunk in results for g in chunk]

@@ -1,0 +1,245 @@
+"""The policy of one learner rank: a DeepSpeed engine around the HF vision-language model.
+
+The only module that imports deepspeed (and transformers' model classes). Recipes: STACK.md §7
+(gloo on CPU, torch AdamW + `zero_allow_untested_optimizer`, `HfDeepSpeedConfig` for ZeRO-3).
+
+Gradient of one step (`train_step`): every micro-batch loss is a masked SUM divided by the GLOBAL
+token count of the mini-batch (learner.grpo), so the sum over all micro-batches of all ranks is the
+mini-batch token mean. DeepSpeed sums micro-batch gradients locally and AVERAGES them over ranks;
+each backward therefore scales the loss by world_size and is not divided by the accumulation
+steps (`scale_wrt_gas=False`). The applied gradient is exactly ∇(global token-mean loss).
+
+Every parameter trains (EMO-R3 does not freeze the vision tower). The modules stay in eval mode:
+RL needs no dropout, and the ratio must be exactly 1 before the first update.
+
+ZeRO-3 invariant: forwards are collectives (every rank gathers each module's parameters), so every
+rank must run the same number of forwards, and a micro-batch with images on one rank needs images
+on every rank (else the vision tower's gathers do not pair up).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from learner.batch import MicroBatch, completion_logits
+from learner.config import LearnerConfig
+from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss, token_logprobs
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a dead rank fails its peers' collectives after this
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def uses_reference(cfg: LearnerConfig) -> bool:
+    """The KL term needs a reference policy: on the learner and with a nonzero coefficient."""
+    return cfg.reference_placement == "learner" and cfg.kl_coef > 0
+
+
+def deepspeed_config(cfg: LearnerConfig, world_size: int, micro_batches_per_step: int) -> dict[str, Any]:
+    """The DeepSpeed config of the policy; one optimizer step every `micro_batches_per_step` backwards."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": micro_batches_per_step,
+        "train_batch_size": cfg.micro_batch_size * micro_batches_per_step * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "steps_per_print": 2**31 - 1,
+    }
+
+
+class Policy:
+    """The DeepSpeed engine of one rank (and the frozen reference when the KL term is on)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        cfg: LearnerConfig,
+        *,
+        rank: int,
+        world_size: int,
+        total_micro_batches_per_step: int,
+    ):
+        import deepspeed
+
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.micro_batches_per_step = total_micro_batches_per_step
+        self.device = _device()
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(
+            dist_backend=backend, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
+        )
+        self.ds_config = deepspeed_config(cfg, world_size, total_micro_batches_per_step)
+        # ZeRO-3: while this object lives, from_pretrained loads straight into partitions (zero.Init).
+        self._hf_ds_config = _hf_deepspeed_config(self.ds_config) if cfg.zero_stage == 3 else None
+        model = _load_model(model_path, DTYPES[cfg.dtype])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        self.engine.eval()
+        self.reference = self._build_reference(model_path) if uses_reference(cfg) else None
+        self.loss_cfg = GrpoLossConfig(
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            dual_clip=cfg.dual_clip,
+            kl_coef=cfg.kl_coef,
+            kl_clamp=cfg.kl_clamp,
+        )
+
+    def _build_reference(self, model_path: str | Path) -> Any:
+        """The frozen initial policy: a plain module (ZeRO 0-2) or a ZeRO-3 inference engine."""
+        import deepspeed
+
+        reference = _load_model(model_path, DTYPES[self.cfg.dtype])
+        reference.requires_grad_(False)
+        if self.cfg.zero_stage == 3:
+            config = {key: value for key, value in self.ds_config.items() if key != "gradient_clipping"}
+            reference, *_ = deepspeed.initialize(model=reference, config=config)
+        else:
+            reference = reference.to(self.device)
+        return reference.eval()
+
+    # -------------------------------------------------------------------------------------------
+    # Forward passes
+
+    def _forward(self, module: Any, batch: MicroBatch) -> tuple[Tensor, Tensor]:
+        """logprobs [N, T] (fp32) of the completion tokens and their logits [N, T, V]."""
+        logits = completion_logits(module(**batch.model_inputs()).logits, batch)  # [N, T, V]
+        return token_logprobs(logits, batch.completion_ids), logits
+
+    @torch.no_grad()
+    def logprobs(self, batch: MicroBatch, *, reference: bool = False) -> Tensor:
+        """[N, T] logprobs of the completion tokens under the policy (or the reference); 0 on padding."""
+        module = self.reference if reference else self.engine
+        if module is None:
+            raise ValueError("no reference policy: set reference_placement='learner' and kl_coef > 0")
+        batch = batch.to(self.device)
+        logprobs, _ = self._forward(module, batch)  # [N, T]
+        return torch.where(batch.mask, logprobs, 0.0).cpu()
+
+    # -------------------------------------------------------------------------------------------
+    # One optimizer step
+
+    def train_step(self, micro_batches: list[MicroBatch], global_num_tokens: int) -> dict[str, float]:
+        """One optimizer update from this rank's micro-batches of a mini-batch (module docstring).
+
+        Every micro-batch carries old_logprobs (and ref_logprobs when the KL term is on).
+        global_num_tokens: completion tokens of the whole mini-batch over all ranks. Returns the
+        rank's share of the token-mean metrics (sum them over ranks; ratio_max: max) and grad_norm
+        (global, before clipping).
+        """
+        if len(micro_batches) != self.micro_batches_per_step:
+            raise ValueError(
+                f"{len(micro_batches)} micro-batches, but DeepSpeed steps every {self.micro_batches_per_step}"
+            )
+        totals: dict[str, float] = {}
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            if self.engine.is_gradient_accumulation_boundary() != last:
+                raise RuntimeError("DeepSpeed's accumulation boundary is out of step with the micro-batches")
+            metrics = self._accumulate(batch.to(self.device), global_num_tokens)
+            totals = _combine(totals, metrics)
+        totals["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        return totals
+
+    def _accumulate(self, batch: MicroBatch, global_num_tokens: int) -> dict[str, float]:
+        """Forward + backward of one micro-batch; DeepSpeed updates at the last one."""
+        if batch.old_logprobs is None:
+            raise ValueError("micro-batch without old_logprobs: compute them before the first update")
+        ref_logprobs = batch.ref_logprobs if self.reference is not None else None
+        if self.reference is not None and ref_logprobs is None:
+            raise ValueError("micro-batch without ref_logprobs, but the KL term is on")
+        logprobs, logits = self._forward(self.engine, batch)  # [N, T], [N, T, V]
+        loss, metrics = grpo_loss(
+            logprobs,
+            batch.old_logprobs,
+            ref_logprobs,
+            batch.advantages,
+            batch.mask,
+            global_num_tokens,
+            self.loss_cfg,
+            logits=logits,
+        )
+        # DeepSpeed averages over ranks: × world_size makes it the sum; no division by accumulation steps.
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        self.engine.step()
+        return {name: float(value) for name, value in metrics.items()}
+
+    # -------------------------------------------------------------------------------------------
+    # Weights out
+
+    def full_state_dict(self) -> dict[str, Tensor] | None:
+        """Rank 0: every parameter, full, on CPU, under the names save_pretrained writes; others None.
+
+        A collective under ZeRO-3: every rank must call it.
+        """
+        state = self._gather()
+        if state is None:
+            return None
+        from transformers.core_model_loading import revert_weight_conversion
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+        state = remove_tied_weights_from_state_dict(state, self.engine.module)
+        return revert_weight_conversion(self.engine.module, state)
+
+    def save_pretrained(self, out_dir: str | Path, processor: Any) -> None:
+        """Rank 0 writes safetensors + config + processor + chat template; others join the gather."""
+        state = self._gather()
+        if state is None:
+            return
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.engine.module.save_pretrained(out_dir, state_dict=state)
+        processor.save_pretrained(out_dir)
+
+    def _gather(self) -> dict[str, Tensor] | None:
+        """The module-named full state dict on rank 0 (CPU copies), None elsewhere; ZeRO-3: collective."""
+        if self.cfg.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        if self.rank != 0:
+            return None
+        return {name: t.detach().to("cpu", copy=True) for name, t in self.engine.module.state_dict().items()}
+
+
+def load_processor(model_path: str | Path) -> Any:
+    """The model folder's processor (tokenizer + image processor + chat template)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(model_path))
+
+
+def _combine(totals: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """Micro-batch metrics combined: sums (token means over the global count), max for ratio_max."""
+    out = dict(totals)
+    for name, value in metrics.items():
+        reduce = max if name in MAX_REDUCED_METRICS else operator.add
+        out[name] = reduce(out[name], value) if name in out else value
+    return out
+
+
+def _device() -> torch.device:
+    """cuda:LOCAL_RANK when CUDA is present (Ray gives each rank its GPU as device 0), else CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
+
+
+def _hf_deepspeed_config(ds_config: dict[str, Any]) -> Any:
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
+
+
+def _load_model(model_path: str | Path, dtype: torch.dtype) -> Any:
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=dtype)

@@ -1,0 +1,175 @@
+"""One learner rank: builds train batches from rollouts and runs the iteration's optimizer updates.
+
+A plain class; the cluster layer makes it a Ray actor (one per DeepSpeed rank) at spawn time.
+Every rank gets its own shard of each mini-batch and the mini-batch's GLOBAL completion-token
+count, runs `micro_batches_per_step` micro-batches per update (the same on every rank:
+`learner.batch.micro_batches_per_step`) and takes part in every collective (updates, weight
+gathers). `combine_rank_metrics` turns the ranks' metric dicts into the iteration's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actors.types import ImageRef
+from learner.batch import MicroBatch, TrainRollout, collate, split
+from learner.config import LearnerConfig
+from learner.grpo import MAX_REDUCED_METRICS
+
+# How the driver combines the ranks' metrics (every other metric is a token mean over the global
+# count of its mini-batch: ranks' values sum to the mini-batch value).
+MAX_METRICS = MAX_REDUCED_METRICS | {"logprob_mismatch_max", "train_s"}
+TOKEN_WEIGHTED_METRICS = frozenset({"logprob_mismatch_mean", "prob_ratio_error"})  # weights: num_tokens
+SAME_ON_EVERY_RANK = frozenset({"grad_norm"})  # global already
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def set_distributed_env(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    """The env vars torch.distributed / DeepSpeed read; a Ray actor sees one device as device 0."""
+    os.environ.update(
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0",
+    )
+    on_gpu = torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
+    if not on_gpu and master_addr in LOOPBACK:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+
+
+class LearnerRank:
+    """The policy of one DeepSpeed rank and the batch building around it."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        cfg: LearnerConfig,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        micro_batches_per_step: int,
+        image_loader: Callable[[ImageRef], Any],
+    ):
+        set_distributed_env(rank, world_size, master_addr, master_port)
+        from learner.policy import Policy, load_processor
+
+        self.rank = rank
+        self.micro_batches_per_step = micro_batches_per_step
+        self.image_loader = image_loader
+        self.processor = load_processor(model_path)
+        self.policy = Policy(
+            model_path,
+            cfg,
+            rank=rank,
+            world_size=world_size,
+            total_micro_batches_per_step=micro_batches_per_step,
+        )
+
+    def ping(self) -> int:
+        """The rank; answers once the policy is built."""
+        return self.rank
+
+    def train_iteration(
+        self, minibatches: Sequence[Sequence[TrainRollout]], global_num_tokens: Sequence[int]
+    ) -> dict[str, float]:
+        """One optimizer update per mini-batch; minibatches[k] is this rank's shard of mini-batch k.
+
+        global_num_tokens[k]: completion tokens of mini-batch k over ALL ranks. old_logprobs (and
+        ref_logprobs) of every rollout are computed before the first update. Returns this rank's
+        metrics: update metrics averaged over the updates (ratio_max: max), the learner–engine
+        logprob mismatch on the sampled tokens, num_tokens and train_s; see combine_rank_metrics.
+        """
+        if len(minibatches) != len(global_num_tokens):
+            raise ValueError(f"{len(minibatches)} mini-batches but {len(global_num_tokens)} token counts")
+        start = time.perf_counter()
+        steps = [self._prepare(shard) for shard in minibatches]
+        metrics = logprob_mismatch([batch for step in steps for batch in step])
+        updates = [
+            self.policy.train_step(step, int(n)) for step, n in zip(steps, global_num_tokens, strict=True)
+        ]
+        metrics.update(_average(updates))
+        metrics["train_s"] = time.perf_counter() - start
+        return metrics
+
+    def _prepare(self, shard: Sequence[TrainRollout]) -> list[MicroBatch]:
+        """The shard's micro-batches with old (and reference) logprobs of the current weights."""
+        parts = split(shard, self.micro_batches_per_step)
+        return [self._with_logprobs(collate(part, self.processor, self.image_loader)) for part in parts]
+
+    def _with_logprobs(self, batch: MicroBatch) -> MicroBatch:
+        old = self.policy.logprobs(batch)  # [N, T]
+        ref = self.policy.logprobs(batch, reference=True) if self.policy.reference is not None else None
+        return replace(batch, old_logprobs=old, ref_logprobs=ref)
+
+    def weights(self) -> dict[str, torch.Tensor] | None:
+        """Full state dict (save_pretrained names) on rank 0, None elsewhere. A collective."""
+        return self.policy.full_state_dict()
+
+    def save(self, out_dir: str | Path) -> None:
+        """A checkpoint transformers and vLLM load (rank 0 writes). A collective."""
+        self.policy.save_pretrained(out_dir, self.processor)
+
+
+def logprob_mismatch(batches: Sequence[MicroBatch]) -> dict[str, float]:
+    """Learner (old_logprobs) vs engine (sampler_logprobs) on the sampled completion tokens.
+
+    logprob_mismatch_mean/max: |old − sampler|; prob_ratio_error: mean |exp(old − sampler) − 1|
+    (NeMo-RL fails a VLM run above 5%, LESSONS.md); num_tokens: tokens compared.
+    """
+    diffs = [(b.old_logprobs - b.sampler_logprobs)[b.mask] for b in batches if b.old_logprobs is not None]
+    diff = torch.cat(diffs).double() if diffs else torch.zeros(0, dtype=torch.float64)  # [tokens]
+    if diff.numel() == 0:
+        return {
+            "logprob_mismatch_mean": 0.0,
+            "logprob_mismatch_max": 0.0,
+            "prob_ratio_error": 0.0,
+            "num_tokens": 0.0,
+        }
+    return {
+        "logprob_mismatch_mean": float(diff.abs().mean()),
+        "logprob_mismatch_max": float(diff.abs().max()),
+        "prob_ratio_error": float((diff.exp() - 1.0).abs().mean()),
+        "num_tokens": float(diff.numel()),
+    }
+
+
+def _average(updates: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per-update metrics over the iteration's updates: mean, or max for the max-reduced ones."""
+    names = dict.fromkeys(name for update in updates for name in update)
+    out = {}
+    for name in names:
+        values = [update[name] for update in updates if name in update]
+        out[name] = max(values) if name in MAX_REDUCED_METRICS else sum(values) / len(values)
+    return out
+
+
+def combine_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The iteration's metrics from every rank's train_iteration result.
+
+    Token means over the global count sum over ranks; maxima take the max; the mismatch means are
+    weighted by each rank's num_tokens; grad_norm (global already) is averaged.
+    """
+    tokens = [r.get("num_tokens", 0.0) for r in per_rank]
+    total = sum(tokens) or 1.0
+    out: dict[str, float] = {}
+    for name in dict.fromkeys(name for r in per_rank for name in r):
+        values = [r[name] for r in per_rank if name in r]
+        if name in MAX_METRICS:
+            out[name] = max(values)
+        elif name in TOKEN_WEIGHTED_METRICS:
+            out[name] = sum(r[name] * n for r, n in zip(per_rank, tokens, strict=True) if name in r) / total
+        elif name in SAME_ON_EVERY_RANK:
+            out[name] = sum(values) / len(values)
+        else:
+            out[name] = sum(values)
+    return out

@@ -1,0 +1,59 @@
+"""The reward worker: scores groups with the release's rules and the Reflective Emotional Reward.
+
+It owns a judge engine for the two reflections. In `policy` mode the judge follows the policy
+weights (the driver pushes every new version to it, so reflections come from the same version as the
+rollouts they judge); in `frozen` mode it is a fixed model and never updated. A plain class; the
+cluster layer makes it a Ray actor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from actors.engine import Engine, EngineSettings
+from actors.types import ImageRef
+from rewards.config import RewardConfig
+from rewards.judge import EngineJudge
+from rewards.rules import RewardRules
+from rewards.scoring import RolloutScore, ScoreItem, score_items
+
+
+class RewardWorker:
+    def __init__(
+        self,
+        cfg: RewardConfig,
+        rules: RewardRules,
+        judge_settings: EngineSettings | None,
+        image_loader: Callable[[ImageRef], Any],
+        seed: int = 0,
+    ):
+        self.rules = rules
+        self.judge: EngineJudge | None = None
+        if cfg.reflection and rules.reflective:
+            if judge_settings is None:
+                raise ValueError("reflection is on but no judge engine settings were given")
+            self.judge = EngineJudge(Engine(judge_settings, image_loader), cfg.judge, seed=seed)
+        self.follows_policy = cfg.judge.mode == "policy"
+
+    def score(self, items: Sequence[ScoreItem], expected_version: int | None = None) -> list[list[RolloutScore]]:
+        """Score groups; in policy mode the judge must hold the version that produced them."""
+        if self.judge and self.follows_policy and expected_version is not None:
+            if self.judge.engine.version != expected_version:
+                raise RuntimeError(
+                    f"judge holds policy version {self.judge.engine.version} but the rollouts are "
+                    f"version {expected_version}"
+                )
+        return score_items(items, self.judge, self.rules)
+
+    def load_weights(self, version: int, buckets: list[dict[str, torch.Tensor]]) -> None:
+        if self.judge is not None and self.follows_policy:
+            self.judge.engine.load_weights((item for b in buckets for item in b.items()), version)
+
+    def get_version(self) -> int | None:
+        return self.judge.engine.version if self.judge else None
+
+    def ping(self) -> bool:
+        return True

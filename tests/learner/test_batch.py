@@ -1,0 +1,181 @@
+"""Train batches: image-token checks, completion masks, padding, and learner/engine logprob agreement."""
+
+import io
+import os
+import socket
+
+import pytest
+import torch
+from PIL import Image
+
+from cluster.data.images import load_image
+from cluster.paths import torch_extensions_dir
+from cluster.tiny_model import ensure_tiny_model
+from learner.batch import (
+    IMAGE_PAD,
+    TrainRollout,
+    collate,
+    completion_logits,
+    micro_batches_per_step,
+    num_completion_tokens,
+    rollouts_from_group,
+    split,
+)
+
+CORPUS = [
+    "a red square on a blue background.",
+    "the picture shows a happy family at the beach.",
+    "what emotion does this image evoke?",
+    "a dark stormy sky over an empty road.",
+] * 8
+
+
+def png(color, side):
+    """Encoded PNG bytes: the ImageRef form images travel in."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return ensure_tiny_model(tmp_path_factory.mktemp("models"), CORPUS)
+
+
+@pytest.fixture(scope="module")
+def processor(model_path):
+    from learner.policy import load_processor
+
+    return load_processor(model_path)
+
+
+def engine_prompt_ids(processor, image, text="what emotion does this image evoke?"):
+    """Prompt ids as the engine builds them: the chat template, image placeholders expanded."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    rendered = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = processor(text=[rendered], images=[load_image(image)], return_tensors="pt")["input_ids"]
+    return ids[0].tolist()
+
+
+def rollout(group_id, prompt_ids, completion, image, advantage=1.0):
+    logprobs = [-0.5 - 0.1 * i for i in range(len(completion))]
+    return TrainRollout(group_id, prompt_ids, completion, logprobs, advantage, image, 0)
+
+
+def test_collate_pads_right_and_masks_exactly_the_completion(processor):
+    big, small = png((200, 30, 30), 112), png((30, 30, 200), 56)  # 16 and 4 image tokens
+    prompts = [engine_prompt_ids(processor, big), engine_prompt_ids(processor, small)]
+    completions = [[40, 41, 42], [50, 51, 52, 53, 54]]
+    rollouts = [
+        rollout(i, p, c, im)
+        for i, (p, c, im) in enumerate(zip(prompts, completions, [big, small], strict=True))
+    ]
+    batch = collate(rollouts, processor, load_image)
+    pad = processor.tokenizer.pad_token_id
+    image_pad = processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    assert [p.count(image_pad) for p in prompts] == [16, 4]
+    assert batch.image_grid_thw.tolist() == [[1, 8, 8], [1, 4, 4]]
+    assert batch.pixel_values.shape[0] == 64 + 16
+    seq_len = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    assert batch.input_ids.shape == (2, seq_len)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        n = len(p) + len(c)
+        assert batch.input_ids[i, :n].tolist() == p + c
+        assert (batch.input_ids[i, n:] == pad).all() and batch.attention_mask[i].sum() == n
+        assert batch.mask[i].tolist() == [True] * len(c) + [False] * (5 - len(c))
+        assert batch.completion_ids[i, : len(c)].tolist() == c
+        assert batch.sampler_logprobs[i, : len(c)].tolist() == pytest.approx(rollouts[i].sampler_logprobs)
+    assert (batch.mm_token_type_ids == (batch.input_ids == image_pad)).all()
+    # the kept logit at sequence position q predicts token q + 1: completion token t of row i
+    first_kept = seq_len - batch.num_logits
+    for i, c in enumerate(completions):
+        positions = first_kept + batch.logit_index[i, : len(c)] + 1
+        assert batch.input_ids[i, positions].tolist() == c
+    assert batch.num_tokens == num_completion_tokens(rollouts) == 8
+
+
+def test_collate_rejects_a_prompt_missing_one_image_pad(processor):
+    image = png((10, 200, 10), 112)
+    prompt = engine_prompt_ids(processor, image)
+    image_pad = processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    prompt.remove(image_pad)
+    with pytest.raises(ValueError, match=r"group 7: image features and image tokens do not match.* 15 .* 16"):
+        collate([rollout(7, prompt, [40, 41], image)], processor, load_image)
+
+
+def test_collate_rejects_image_pads_in_a_text_only_prompt(processor):
+    prompt = engine_prompt_ids(processor, png((10, 200, 10), 112))
+    with pytest.raises(ValueError, match="group 3: image features and image tokens do not match"):
+        collate([rollout(3, prompt, [40, 41], None)], processor, load_image)
+
+
+def test_collate_processes_a_shared_image_once_per_rollout_in_order(processor):
+    a, b = png((200, 30, 30), 112), png((30, 30, 200), 56)
+    rollouts = [rollout(i, engine_prompt_ids(processor, im), [40], im) for i, im in enumerate([a, b, a])]
+    batch = collate(rollouts, processor, load_image)
+    assert batch.image_grid_thw.tolist() == [[1, 8, 8], [1, 4, 4], [1, 8, 8]]
+    torch.testing.assert_close(batch.pixel_values[:64], batch.pixel_values[80:])
+
+
+def test_split_gives_contiguous_near_equal_non_empty_parts():
+    assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split([1, 2], 2) == [[1], [2]]
+    with pytest.raises(ValueError, match="cannot split 2 items into 3"):
+        split([1, 2], 3)
+
+
+def test_micro_batches_per_step_covers_the_largest_rank_shard():
+    assert micro_batches_per_step(16, 2, 4) == 2  # shards of 8 → 2 micro-batches of 4
+    assert micro_batches_per_step(17, 2, 4) == 3  # shard of 9 → 3
+
+
+def test_rollout_needs_one_sampler_logprob_per_token():
+    with pytest.raises(ValueError, match="2 sampler logprobs for 3 completion tokens"):
+        TrainRollout(1, [1, 2], [3, 4, 5], [-1.0, -1.0], 0.0, None, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The key correctness check: the learner scores the engine's samples exactly (fp32).
+
+
+@pytest.mark.slow
+def test_policy_logprobs_match_the_engine_sampler_logprobs(model_path, processor, monkeypatch):
+    from actors.engine import Engine, EngineSettings
+    from actors.types import PromptRequest, SamplingSettings
+    from learner.config import LearnerConfig
+    from learner.rank import set_distributed_env
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv(
+        "TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR", str(torch_extensions_dir()))
+    )
+    engine = Engine(EngineSettings(model_path=str(model_path), dtype="float32", kv_cache_mib=64), load_image)
+    images = [png((200, 30, 30), 112), png((30, 30, 200), 56), png((240, 200, 20), 84)]
+    requests = [PromptRequest(i, CORPUS[i], image, seed=i) for i, image in enumerate(images)]
+    groups = engine.generate(requests, SamplingSettings(n=3, max_new_tokens=24))
+    rollouts = [
+        r for g, im in zip(groups, images, strict=True) for r in rollouts_from_group(g, [1.0, -1.0, 0.0], im)
+    ]
+    assert len({len(r.prompt_token_ids) for r in rollouts}) == 3  # rows differ in prompt length
+
+    from learner.policy import Policy
+
+    set_distributed_env(0, 1, "127.0.0.1", free_port())
+    cfg = LearnerConfig(zero_stage=2, kl_coef=0.0, micro_batch_size=9)
+    policy = Policy(model_path, cfg, rank=0, world_size=1, total_micro_batches_per_step=1)
+    batch = collate(rollouts, processor, load_image)
+    logprobs = policy.logprobs(batch)  # [N, T]
+    assert logprobs.shape == batch.mask.shape
+    error = (logprobs - batch.sampler_logprobs).abs()[batch.mask]
+    assert error.max() < 1e-4, f"learner vs engine logprob mismatch {error.max():.2e}"
+    # the same logprobs from the model outside DeepSpeed (completion_logits is the shared gather)
+    with torch.no_grad():
+        logits = completion_logits(policy.engine.module(**batch.model_inputs()).logits, batch)
+    plain = torch.log_softmax(logits.float(), -1).gather(-1, batch.completion_ids[..., None])[..., 0]
+    torch.testing.assert_close(torch.where(batch.mask, plain, 0.0), logprobs)
