@@ -28,3 +28,6 @@ class RolloutConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM share of GPU memory (GPU only)")
     max_num_seqs: int = Field(64, ge=1, description="sequences an engine schedules at once")
     enforce_eager: bool = Field(True, description="no CUDA graphs / compilation (always eager on CPU)")
+    chunk_size: int = Field(
+        4, ge=1, description="prompts per generate call: smaller chunks reach the reward pool sooner"
+    )

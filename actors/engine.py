@@ -86,8 +86,10 @@ class Engine:
         self._image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     def _allowed_token_ids(self) -> list[int]:
+        """Every id the tokenizer knows but the vision placeholders; the ids padding the embedding
+        matrix past the tokenizer decode to nothing, so they are never sampled either."""
         banned = {self.tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
-        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        vocab = min(len(self.tokenizer), self.llm.llm_engine.model_config.get_vocab_size())
         return [i for i in range(vocab) if i not in banned]
 
     def render(self, user_text: str, with_image: bool) -> str:

@@ -64,6 +64,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return run_sample(load_config(args.config, args.overrides))
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from cluster.train import run_train
+
+    cfg = load_config(args.config, args.overrides)
+    if args.resume and not cfg.cluster.run_name:
+        raise ConfigError("--resume needs the run to resume: set cluster.run_name=NAME")
+    return run_train(cfg, resume=args.resume)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emo-r3", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="sample one batch of rollouts with vLLM and score it")
     _add_config_args(sample)
     sample.set_defaults(func=cmd_sample)
+
+    train = sub.add_parser("train", help="train with EMO-R3 (GRPO + SET + RER) on Ray, vLLM and DeepSpeed")
+    _add_config_args(train)
+    train.add_argument("--resume", action="store_true", help="continue the run cluster.run_name from its latest checkpoint")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -53,7 +53,7 @@ def _free_port() -> int:
 
 
 class TrainingCluster:
-    def __init__(self, cfg: RunConfig, model_path: str):
+    def __init__(self, cfg: RunConfig, model_path: str, reference_path: str | None = None):
         self.cfg = cfg
         self.on_gpu = torch.cuda.is_available() and cfg.rollout.num_gpus_per_worker > 0
         start_ray(cfg, self.on_gpu)
@@ -70,17 +70,18 @@ class TrainingCluster:
             "reward", RewardWorker,
             [(cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i) for i in range(cfg.reward.num_workers)],
         ), follows_policy=cfg.reward.judge.mode == "policy")  # fmt: skip
-        self.learner = LearnerGroup(self._spawn_learner(model_path, loader))
+        self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path or model_path, loader))
         self._wait_ready()
 
-    def _spawn_learner(self, model_path: str, loader) -> list:
+    def _spawn_learner(self, model_path: str, reference_path: str, loader) -> list:
         cfg = self.cfg
         mini_batch = cfg.cluster.prompts_per_iteration // cfg.learner.updates_per_iteration * cfg.rollout.group_size
         steps = micro_batches_per_step(mini_batch, cfg.learner.num_ranks, cfg.learner.micro_batch_size)
         port, world = _free_port(), cfg.learner.num_ranks
         return self.placement.spawn(
             "learner", LearnerRank,
-            [(model_path, cfg.learner, rank, world, "127.0.0.1", port, steps, loader) for rank in range(world)],
+            [(model_path, cfg.learner, rank, world, "127.0.0.1", port, steps, loader, reference_path)
+             for rank in range(world)],
         )  # fmt: skip
 
     def _wait_ready(self) -> None:

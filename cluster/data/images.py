@@ -62,11 +62,8 @@ class ImagePolicy:
             raise ValueError(f"ImagePolicy: min_side, max_aspect, max_source_pixels must be positive: {self}")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"ImagePolicy: need 0 < min_pixels <= max_pixels, got {self}")
-        if self.min_side**2 * self.max_aspect > self.max_pixels:
-            raise ValueError(
-                "ImagePolicy: max_pixels must be >= min_side**2 * max_aspect, or downscaling an allowed "
-                f"elongated image would make its short side smaller than min_side: {self}"
-            )
+        if self.min_side**2 > self.max_pixels:
+            raise ValueError(f"ImagePolicy: max_pixels must be >= min_side**2, got {self}")
 
 
 def load_image(ref: str | bytes | os.PathLike[str], policy: ImagePolicy | None = None) -> Image.Image:
@@ -134,6 +131,9 @@ def _check_header(image: Image.Image, policy: ImagePolicy) -> None:
         raise ImageRejected("too_small", f"{width}x{height}, min side {policy.min_side}")
     if max(width, height) / min(width, height) > policy.max_aspect:
         raise ImageRejected("extreme_aspect", f"{width}x{height}, max aspect {policy.max_aspect}")
+    fitted = _target_size((width, height), policy)
+    if min(fitted) < policy.min_side:  # too elongated to fit max_pixels with min_side kept
+        raise ImageRejected("extreme_aspect", f"{width}x{height} would become {fitted[0]}x{fitted[1]}")
 
 
 def _decode(image: Image.Image, policy: ImagePolicy) -> None:

@@ -53,7 +53,7 @@ def load_dataset(
     if os.path.isdir(path):
         return load_folder(path, label_set=label_set)
     suffix = os.path.splitext(path)[1].lower()
-    if suffix in (".jsonl", ".json"):
+    if suffix == ".jsonl":
         return load_jsonl(path, label_set=label_set, columns=columns)
     if suffix in (".parquet", ".pq"):
         return load_parquet(path, label_set=label_set, columns=columns)
@@ -65,13 +65,13 @@ def load_jsonl(path: str, *, label_set: str | None = None, columns: Columns | No
     name = os.path.basename(path)
 
     def rows() -> Iterator[tuple[str, Any]]:
-        with open(path, encoding="utf-8") as lines:
+        with open(path, "rb") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
                     row: Any = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):
                     row = RowRejected("bad_json")
                 yield f"{name}:{number}", row
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,11 @@ def generate(
         if _IMAGE_NAME.match(stale.name):
             stale.unlink()
     # Each image has its own random stream, so the pool's scheduling cannot change any byte.
-    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as pool:
         for split, path in zip(SPLITS, paths, strict=True):
-            jobs = enumerate(_scenes(params, split))
-            rows = list(
-                pool.map(lambda job, split=split: _write_sample(images, job[1], split, job[0], params), jobs)
-            )
+            scenes = _scenes(params, split)
+            indices = range(len(scenes))
+            rows = pool.map(_write_sample, repeat(images), scenes, repeat(split), indices, repeat(params))
             _write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
     _write_text(meta, json.dumps(params, indent=2, sort_keys=True) + "\n")
     return paths

@@ -197,9 +197,17 @@ def test_grey_and_one_bit_images_come_back_rgb() -> None:
         _assert_normalised(load_image(_encoded(Image.new(mode, (64, 64), 1), "PNG")))
 
 
-def test_policy_refuses_limits_that_would_shrink_allowed_images_below_min_side() -> None:
-    with pytest.raises(ValueError, match="max_pixels"):
-        ImagePolicy(max_pixels=100 * 100)
+def test_image_that_cannot_fit_the_pixel_budget_with_min_side_kept_is_extreme_aspect() -> None:
+    policy = ImagePolicy(max_pixels=112 * 112)  # 2000x100 would need a 25 px short side
+    assert _reason(_encoded(Image.new("L", (2000, 100)), "PNG"), policy) == "extreme_aspect"
+    _assert_normalised(load_image(_encoded(Image.new("L", (1000, 200)), "PNG"), policy), policy)
+
+
+def test_inconsistent_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_pixels"):
+        ImagePolicy(min_pixels=500 * 500)
+    with pytest.raises(ValueError, match="min_side"):
+        ImagePolicy(min_side=300, min_pixels=10, max_pixels=200 * 200)
 
 
 _VALID = _encoded(_noise(64, 48, seed=3), "PNG"), _encoded(_noise(64, 48, seed=4), "JPEG")

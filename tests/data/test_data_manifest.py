@@ -68,10 +68,12 @@ def test_jsonl_malformed_rows_are_skipped_counted_and_located(tmp_path: Path) ->
         json.dumps({**good, "id": "dup"}),  # 11 ok
         json.dumps({**good, "id": "dup"}),  # 12 duplicate_id
     ]
-    result = load_dataset(_write_jsonl(tmp_path / "m.jsonl", lines), label_set="emotion6")
+    path = _write_jsonl(tmp_path / "m.jsonl", lines)
+    path.write_bytes(path.read_bytes() + b'{"answer": "\xff\xfe"}\n')  # 13 bad_json: not UTF-8
+    result = load_dataset(path, label_set="emotion6")
     assert len(result.samples) == 2
     assert dict(result.skipped) == {
-        "bad_json": 1,
+        "bad_json": 2,
         "missing_answer": 1,
         "answer_not_in_labels": 1,
         "missing_image": 2,

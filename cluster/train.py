@@ -1,0 +1,128 @@
+"""`emo-r3 train`: the EMO-R3 iteration loop (DESIGN.md, synchronous mode).
+
+Read `train_loop` to understand the system: each phase of an iteration is one call on a typed handle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from cluster.batches import train_shards
+from cluster.config import RunConfig
+from cluster.datasets import load_samples
+from cluster.metrics import MetricsLog, rollout_metrics
+from cluster.models import resolve_model
+from cluster.rollouts import IterationRollouts, generate_and_score
+from cluster.sample import prompt_request
+from cluster.session import TrainingCluster
+from cluster.stream import PromptStream, StreamState
+from cluster.workers import push_weights
+from learner.rank import combine_rank_metrics
+
+log = logging.getLogger(__name__)
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: Path, start: int, log_: MetricsLog,
+               progress) -> list[dict]:  # fmt: skip
+    history = []
+    version = start
+    for iteration in range(start, cfg.cluster.iterations):
+        t0 = time.perf_counter()
+        batch = stream.next_batch()
+        requests = [prompt_request(s, i, cfg.data.prompt_style, _seed(cfg, iteration, i)) for i, s in enumerate(batch)]
+        rollouts = generate_and_score(
+            batch, requests, tc.rollout, tc.reward, version, chunk_size=cfg.rollout.chunk_size,
+            generate_timeout_s=cfg.cluster.generate_timeout_s, reward_timeout_s=cfg.reward.timeout_s,
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        shards, num_tokens, adv_metrics = train_shards(rollouts, cfg.learner)
+        train_metrics = combine_rank_metrics(tc.learner.train(shards, num_tokens, cfg.cluster.train_timeout_s))
+        t2 = time.perf_counter()
+        version += 1
+        push_weights(tc.learner.publish_weights(), tc.receivers, version, cfg.cluster.sync_timeout_s)
+        t3 = time.perf_counter()
+        metrics = _iteration_metrics(rollouts, adv_metrics, train_metrics, version, (t0, t1, t2, t3))
+        log_.log(iteration, metrics)
+        _dump_rollouts(run, iteration, rollouts, cfg.cluster.dump_rollouts)
+        _maybe_checkpoint(cfg, tc, run, iteration, version, stream)
+        history.append(metrics)
+        progress(iteration, metrics)
+    return history
+
+
+def _seed(cfg: RunConfig, iteration: int, index: int) -> int:
+    return (cfg.cluster.seed * 1_000_003 + iteration) * 10_007 + index
+
+
+def _iteration_metrics(rollouts: IterationRollouts, adv: dict, train: dict, version: int, t: tuple) -> dict:
+    tokens = sum(sg.group.num_completion_tokens for sg in rollouts.groups)
+    metrics = rollout_metrics(rollouts) | adv | {f"train/{k}": v for k, v in train.items()}
+    metrics |= {
+        "policy_version": float(version),
+        "timing_s/generate": rollouts.generate_s, "timing_s/reward_tail": rollouts.reward_tail_s,
+        "timing_s/train": t[2] - t[1], "timing_s/sync": t[3] - t[2], "timing_s/iteration": t[3] - t[0],
+        "throughput/rollout_tokens_per_s": tokens / max(rollouts.generate_s, 1e-9),
+    }  # fmt: skip
+    return metrics
+
+
+def _dump_rollouts(run: Path, iteration: int, rollouts: IterationRollouts, limit: int) -> None:
+    if limit <= 0:
+        return
+    with (run / "rollouts.jsonl").open("a") as f:
+        for sg in rollouts.groups[: max(1, limit // max(len(rollouts.groups[0].scores), 1))]:
+            for completion, score in zip(sg.group.completions, sg.scores, strict=True):
+                record = {
+                    "iteration": iteration, "sample_id": sg.sample.sample_id, "label": sg.sample.answer,
+                    "policy_version": sg.group.policy_version, "response": completion.text,
+                    "coherence_reflection": score.coherence_reflection,
+                    "consistency_reflection": score.consistency_reflection,
+                    "rewards": asdict(score.rewards) if score.rewards else None, "error": score.error,
+                }  # fmt: skip
+                f.write(json.dumps(record) + "\n")
+
+
+def _maybe_checkpoint(cfg: RunConfig, tc: TrainingCluster, run: Path, iteration: int, version: int,
+                      stream: PromptStream) -> None:  # fmt: skip
+    last = iteration + 1 == cfg.cluster.iterations
+    every = cfg.cluster.checkpoint_every
+    if not (last or (every and (iteration + 1) % every == 0)):
+        return
+    path = run / CHECKPOINTS / f"iter_{iteration + 1:06d}"
+    tc.learner.save(str(path), cfg.cluster.train_timeout_s)
+    state = {"next_iteration": iteration + 1, "version": version, "stream": asdict(stream.state)}
+    (path / STATE_FILE).write_text(json.dumps(state))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = sorted(p for p in (run / CHECKPOINTS).glob("iter_*") if (p / STATE_FILE).is_file())
+    return found[-1] if found else None
+
+
+def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
+    from cluster.rundir import run_dir
+    from cluster.progress import Progress, summary_table
+
+    run = run_dir(cfg)
+    initial = resolve_model(cfg.model.path)
+    train_set = load_samples(cfg.data.train, cfg.data)
+    if not train_set.samples:
+        raise ValueError(f"no usable training sample in {cfg.data.train}: {dict(train_set.skipped)}")
+    checkpoint = latest_checkpoint(run) if resume else None
+    state = json.loads((checkpoint / STATE_FILE).read_text()) if checkpoint else {"next_iteration": 0, "stream": {}}
+    stream = PromptStream(train_set.samples, cfg.cluster.prompts_per_iteration, seed=cfg.cluster.seed,
+                          shuffle=cfg.data.shuffle, state=StreamState(**state["stream"]))  # fmt: skip
+    metrics_log = MetricsLog(run, cfg.cluster.tensorboard)
+    progress = Progress(cfg.cluster.iterations, state["next_iteration"])
+    with TrainingCluster(cfg, str(checkpoint or initial), reference_path=initial) as tc:
+        history = train_loop(cfg, tc, stream, run, state["next_iteration"], metrics_log, progress.update)
+    metrics_log.close()
+    progress.close()
+    print(summary_table(history, state["next_iteration"], run))
+    return 0
