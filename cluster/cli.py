@@ -23,6 +23,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from cluster.config import reference_markdown
+
+    print(reference_markdown())
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from cluster.datasets import check_command
 
@@ -81,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = config.add_parser("show", help="print the resolved config")
     _add_config_args(show)
     show.set_defaults(func=cmd_config_show)
+    config.add_parser("reference", help="print every field with its default and meaning (markdown)").set_defaults(
+        func=cmd_config_reference
+    )
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
     check = data.add_parser("check", help="validate every sample and image of a manifest or folder")

@@ -50,11 +50,11 @@ class ColumnsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = "images"
-    problem: str = "problem"
-    answer: str = "answer"
-    labels: str = "labels"
-    response: str = "response"
+    image: str = Field("images", description="image path(s) or bytes (a list of one, or a string)")
+    problem: str = Field("problem", description="question text; built from the label set when absent")
+    answer: str = Field("answer", description="gold label")
+    labels: str = Field("labels", description="label list of the sample; else data.label_set")
+    response: str = Field("response", description="reference response (cold-start SFT target)")
 
 
 class DataConfig(BaseModel):
@@ -273,3 +273,22 @@ def _did_you_mean(loc: tuple[str, ...]) -> str:
 
 def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """A markdown table of every field: path, default, description (the README's config reference)."""
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+    _rows(RunConfig, "", rows)
+    return "\n".join(rows)
+
+
+def _rows(model: type[BaseModel], prefix: str, rows: list[str]) -> None:
+    defaults = model()
+    for name, field in model.model_fields.items():
+        value = getattr(defaults, name)
+        if isinstance(value, BaseModel):
+            _rows(type(value), f"{prefix}{name}.", rows)
+            continue
+        shown = value if not isinstance(value, list) else ", ".join(map(str, value)) or "[]"
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{prefix}{name}` | `{shown}` | {meaning} |")

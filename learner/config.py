@@ -23,9 +23,13 @@ class LearnerConfig(BaseModel):
     clip_low: float = Field(0.2, ge=0, lt=1, description="ratio clip below 1 (METHOD.md §4: 0.2)")
     clip_high: float = Field(0.3, ge=0, description="ratio clip above 1 (release 0.3; paper text 0.2)")
     dual_clip: float = Field(3.0, gt=1, description="dual-clip constant for negative advantages (3.0)")
-    kl_coef: float = Field(0.01, ge=0, description="low_var_kl loss coefficient (METHOD.md §4: 0.01; 0 = off)")
+    kl_coef: float = Field(
+        0.01, ge=0, description="low_var_kl loss coefficient (METHOD.md §4: 0.01; 0 = off)"
+    )
     kl_clamp: float = Field(10.0, gt=0, description="clamp of the k3 estimator (METHOD.md §4: 10)")
-    advantage_std: Literal["unbiased", "population"] = Field("unbiased", description="group std (release: unbiased)")
+    advantage_std: Literal["unbiased", "population"] = Field(
+        "unbiased", description="group std (release: unbiased)"
+    )
     advantage_eps: float = Field(1e-6, gt=0, description="added to the group std (METHOD.md §4: 1e-6)")
     reference_placement: Literal["learner", "none"] = Field(
         "learner", description="learner: each rank holds a frozen copy of the initial policy; none: no KL"

@@ -84,6 +84,8 @@ class Policy:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         self.engine.eval()
+        # fp32 ZeRO-0 clips without keeping the norm: read it from the (rank-averaged) gradients.
+        self._norm_before_step = cfg.zero_stage == 0 and cfg.dtype == "float32"
         self.reference = self._build_reference(model_path) if uses_reference(cfg) else None
         self.loss_cfg = GrpoLossConfig(
             clip_low=cfg.clip_low,
@@ -140,17 +142,20 @@ class Policy:
                 f"{len(micro_batches)} micro-batches, but DeepSpeed steps every {self.micro_batches_per_step}"
             )
         totals: dict[str, float] = {}
+        norm = None
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             if self.engine.is_gradient_accumulation_boundary() != last:
                 raise RuntimeError("DeepSpeed's accumulation boundary is out of step with the micro-batches")
-            metrics = self._accumulate(batch.to(self.device), global_num_tokens)
-            totals = _combine(totals, metrics)
-        totals["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+            totals = _combine(totals, self._backward(batch.to(self.device), global_num_tokens))
+            if last and self._norm_before_step:
+                norm = _grad_norm(self.engine.module)
+            self.engine.step()  # applies the update at the boundary only
+        totals["grad_norm"] = norm if norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
         return totals
 
-    def _accumulate(self, batch: MicroBatch, global_num_tokens: int) -> dict[str, float]:
-        """Forward + backward of one micro-batch; DeepSpeed updates at the last one."""
+    def _backward(self, batch: MicroBatch, global_num_tokens: int) -> dict[str, float]:
+        """Forward + backward of one micro-batch (gradients accumulate); its metrics."""
         if batch.old_logprobs is None:
             raise ValueError("micro-batch without old_logprobs: compute them before the first update")
         ref_logprobs = batch.ref_logprobs if self.reference is not None else None
@@ -169,7 +174,6 @@ class Policy:
         )
         # DeepSpeed averages over ranks: × world_size makes it the sum; no division by accumulation steps.
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-        self.engine.step()
         return {name: float(value) for name, value in metrics.items()}
 
     # -------------------------------------------------------------------------------------------
@@ -205,7 +209,7 @@ class Policy:
             return self.engine._zero3_consolidated_16bit_state_dict()
         if self.rank != 0:
             return None
-        return {name: t.detach().to("cpu", copy=True) for name, t in self.engine.module.state_dict().items()}
+        return _cpu_copy(self.engine.module.state_dict())
 
 
 def load_processor(model_path: str | Path) -> Any:
@@ -213,6 +217,24 @@ def load_processor(model_path: str | Path) -> Any:
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(model_path))
+
+
+def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A CPU snapshot of a state dict; tensors sharing storage (tied weights) stay shared."""
+    copies: dict[tuple[int, int], Tensor] = {}
+    out = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key not in copies:
+            copies[key] = tensor.detach().to("cpu", copy=True)
+        out[name] = copies[key]
+    return out
+
+
+def _grad_norm(module: Any) -> float:
+    """2-norm of all gradients of `module` (after the boundary backward: already rank-averaged)."""
+    squares = [p.grad.detach().double().square().sum() for p in module.parameters() if p.grad is not None]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
 
 
 def _combine(totals: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,7 @@ if [[ -f $STAMP && $(cat "$STAMP") == "$WANT" ]]; then
   exit 0
 fi
 PY=${PYTHON:-python3}
-echo "[setup] creating environment in $VENV (first time: a few minutes)" >&2
+echo "[setup] installing the environment into $VENV (first time: about 3 minutes)" >&2
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --quiet)
 "${PIP[@]}" install --upgrade "pip>=25"
