@@ -126,7 +126,9 @@ class ClusterConfig(BaseModel):
     checkpoint_every: int = Field(10, ge=0, description="iterations between checkpoints (0: only at the end)")
     eval_every: int = Field(5, ge=0, description="iterations between held-out evaluations (0: off)")
     dump_rollouts: int = Field(8, ge=0, description="rollouts per iteration written to rollouts.jsonl")
-    weight_transport: Literal["object_store", "nccl"] = Field("object_store", description="how weights reach engines")
+    weight_transport: Literal["object_store"] = Field(
+        "object_store", description="how weights reach engines (object_store: Ray's object store, CPU and GPU)"
+    )
     tensorboard: bool = Field(True, description="write TensorBoard logs beside metrics.jsonl")
     startup_timeout_s: float = Field(600, gt=0, description="deadline for actors to come up")
     generate_timeout_s: float = Field(600, gt=0, description="deadline for one group's generation")

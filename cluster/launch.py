@@ -57,12 +57,15 @@ def check_address_is_safe(cfg: RunConfig) -> None:
     )
 
 
-def start_ray(cfg: RunConfig, on_gpu: bool) -> None:
-    """Join the configured cluster, or start a local Ray bound to 127.0.0.1 without a dashboard."""
+def start_ray(cfg: RunConfig, on_gpu: bool, extra_env: dict[str, str] | None = None) -> None:
+    """Join the configured cluster, or start a local Ray bound to 127.0.0.1 without a dashboard.
+
+    If Ray is already initialised in this process (a test session, a notebook), it is reused.
+    """
     import ray
 
     check_address_is_safe(cfg)
-    env = worker_env(cfg, on_gpu)
+    env = worker_env(cfg, on_gpu) | (extra_env or {})
     if ray.is_initialized():
         return
     address = ray_address(cfg)

@@ -24,6 +24,7 @@ from cluster.launch import start_ray
 from cluster.models import resolve_model
 from cluster.pools import Placement, Role, wait_all
 from cluster.sample import engine_settings, reward_rules, rollout_sampling
+from cluster.transport import make_transport
 from cluster.workers import LearnerGroup, Receivers, RewardPool, RolloutPool
 from learner.batch import micro_batches_per_step
 from learner.rank import LearnerRank
@@ -72,6 +73,8 @@ class TrainingCluster:
         ), follows_policy=cfg.reward.judge.mode == "policy")  # fmt: skip
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path or model_path, loader))
         self._wait_ready()
+        self.transport = make_transport(cfg.cluster.weight_transport, self.learner, self.receivers,
+                                        cfg.cluster.sync_timeout_s)  # fmt: skip
 
     def _spawn_learner(self, model_path: str, reference_path: str, loader) -> list:
         cfg = self.cfg

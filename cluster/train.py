@@ -20,7 +20,6 @@ from cluster.rollouts import IterationRollouts, generate_and_score
 from cluster.sample import prompt_request
 from cluster.session import TrainingCluster
 from cluster.stream import PromptStream, StreamState
-from cluster.workers import push_weights
 from learner.rank import combine_rank_metrics
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,9 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
         train_metrics = combine_rank_metrics(tc.learner.train(shards, num_tokens, cfg.cluster.train_timeout_s))
         t2 = time.perf_counter()
         version += 1
-        push_weights(tc.learner.publish_weights(), tc.receivers, version, cfg.cluster.sync_timeout_s)
+        sync_metrics = tc.transport.push(version)
         t3 = time.perf_counter()
-        metrics = _iteration_metrics(rollouts, adv_metrics, train_metrics, version, (t0, t1, t2, t3))
+        metrics = _iteration_metrics(rollouts, adv_metrics, train_metrics, version, (t0, t1, t2, t3)) | sync_metrics
         log_.log(iteration, metrics)
         _dump_rollouts(run, iteration, rollouts, cfg.cluster.dump_rollouts)
         _maybe_checkpoint(cfg, tc, run, iteration, version, stream)
@@ -106,8 +105,8 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
-    from cluster.rundir import run_dir
     from cluster.progress import Progress, summary_table
+    from cluster.rundir import run_dir
 
     run = run_dir(cfg)
     initial = resolve_model(cfg.model.path)

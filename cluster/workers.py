@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from actors.types import Group, PromptRequest
+from actors.types import PromptRequest
 from cluster.pools import wait_all
 from rewards.scoring import ScoreItem
 
@@ -67,13 +67,3 @@ class LearnerGroup:
 
     def save(self, out_dir: str, timeout_s: float) -> None:
         wait_all([rank.save.remote(out_dir) for rank in self.ranks], timeout_s, "learner save")
-
-
-def push_weights(published: list[ray.ObjectRef], receivers: Receivers, version: int, timeout_s: float) -> list[Any]:
-    """Every receiver pulls the same object-store buckets and moves to `version` (all or an error)."""
-    loads = [a.load_weights.remote(version, published[0]) for a in receivers.actors]
-    return wait_all(loads + published[1:], timeout_s, "weight push")[: len(loads)]
-
-
-def groups_of(results: list[list[Group]]) -> list[Group]:
-    return [g for chunk in results for g in chunk]

@@ -106,7 +106,8 @@ class Policy:
             reference, *_ = deepspeed.initialize(model=reference, config=config)
         else:
             reference = reference.to(self.device)
-        return reference.eval()
+        reference.eval()  # DeepSpeedEngine.eval() returns None: never chain it
+        return reference
 
     # -------------------------------------------------------------------------------------------
     # Forward passes

@@ -40,12 +40,9 @@ class RewardWorker:
 
     def score(self, items: Sequence[ScoreItem], expected_version: int | None = None) -> list[list[RolloutScore]]:
         """Score groups; in policy mode the judge must hold the version that produced them."""
-        if self.judge and self.follows_policy and expected_version is not None:
-            if self.judge.engine.version != expected_version:
-                raise RuntimeError(
-                    f"judge holds policy version {self.judge.engine.version} but the rollouts are "
-                    f"version {expected_version}"
-                )
+        judge_version = self.judge.engine.version if self.judge and self.follows_policy else expected_version
+        if expected_version is not None and judge_version != expected_version:
+            raise RuntimeError(f"judge holds policy version {judge_version} but the rollouts are version {expected_version}")
         return score_items(items, self.judge, self.rules)
 
     def load_weights(self, version: int, buckets: list[dict[str, torch.Tensor]]) -> None:

@@ -1,0 +1,33 @@
+"""Shared fixtures. The real stack runs on CPU: vLLM's CPU build in-process, local Ray on loopback,
+DeepSpeed on gloo, the tiny model built in code into the project cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session (loopback, no dashboard); test modules importable by workers."""
+    import ray
+
+    from cluster.config import RunConfig
+    from cluster.launch import start_ray
+
+    test_dirs = sorted({str(p.parent) for p in (ROOT / "tests").rglob("test_*.py")})
+    start_ray(RunConfig(), on_gpu=False, extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), *test_dirs])})
+    yield ray
+    ray.shutdown()
