@@ -20,9 +20,9 @@ class RolloutWorker:
         self.engine = Engine(settings, image_loader)
         self.sampling = sampling
 
-    def generate(self, requests: Sequence[PromptRequest]) -> list[Group]:
-        """G completions per request, all from `self.version`."""
-        return self.engine.generate(requests, self.sampling)
+    def generate(self, requests: Sequence[PromptRequest], sampling: SamplingSettings | None = None) -> list[Group]:
+        """G completions per request (or as `sampling` says), all from `self.version`."""
+        return self.engine.generate(requests, sampling or self.sampling)
 
     def load_weights(self, version: int, buckets: list[dict[str, torch.Tensor]]) -> float:
         """Load the trained parameters (HF names, in buckets) in place; returns the seconds it took."""

@@ -20,7 +20,12 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "auto", ""}
 
 def worker_env(cfg: RunConfig, on_gpu: bool) -> dict[str, str]:
     """Environment of every Ray worker process (STACK.md §4, §6, §7)."""
-    env = {"TOKENIZERS_PARALLELISM": "false", "TORCH_EXTENSIONS_DIR": os.fspath(torch_extensions_dir())}
+    env = {
+        "TOKENIZERS_PARALLELISM": "false", "TORCH_EXTENSIONS_DIR": os.fspath(torch_extensions_dir()),
+        # engines and ranks log errors only; their progress bars and known-harmless warnings are noise
+        "VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning,ignore::DeprecationWarning",
+    }  # fmt: skip
     if not on_gpu:
         threads = str(max(1, int(cfg.cluster.num_cpus)))
         env |= {

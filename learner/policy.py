@@ -66,7 +66,10 @@ class Policy:
         rank: int,
         world_size: int,
         total_micro_batches_per_step: int,
+        reference_path: str | Path | None = None,
     ):
+        """`reference_path`: the frozen initial policy for the KL term (default: `model_path`; a
+        resumed run starts the policy from its checkpoint but keeps the original reference)."""
         import deepspeed
 
         self.cfg = cfg
@@ -86,7 +89,7 @@ class Policy:
         self.engine.eval()
         # fp32 ZeRO-0 clips without keeping the norm: read it from the (rank-averaged) gradients.
         self._norm_before_step = cfg.zero_stage == 0 and cfg.dtype == "float32"
-        self.reference = self._build_reference(model_path) if uses_reference(cfg) else None
+        self.reference = self._build_reference(reference_path or model_path) if uses_reference(cfg) else None
         self.loss_cfg = GrpoLossConfig(
             clip_low=cfg.clip_low,
             clip_high=cfg.clip_high,

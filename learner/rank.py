@@ -59,6 +59,8 @@ class LearnerRank:
         master_port: int,
         micro_batches_per_step: int,
         image_loader: Callable[[ImageRef], Any],
+        reference_path: str | Path | None = None,
+        bucket_mib: float = 256.0,
     ):
         set_distributed_env(rank, world_size, master_addr, master_port)
         from learner.policy import Policy, load_processor
@@ -73,7 +75,9 @@ class LearnerRank:
             rank=rank,
             world_size=world_size,
             total_micro_batches_per_step=micro_batches_per_step,
+            reference_path=reference_path,
         )
+        self.bucket_bytes = int(bucket_mib * 2**20)
 
     def ping(self) -> int:
         """The rank; answers once the policy is built."""
@@ -115,9 +119,32 @@ class LearnerRank:
         """Full state dict (save_pretrained names) on rank 0, None elsewhere. A collective."""
         return self.policy.full_state_dict()
 
+    def weight_buckets(self) -> list[dict[str, torch.Tensor]] | None:
+        """`weights()` cut into buckets of about `bucket_mib` MiB (rank 0; None elsewhere). A collective.
+
+        The list travels as one object-store object (put once, pulled by every receiver), and receivers
+        reload it bucket by bucket.
+        """
+        state = self.weights()
+        return None if state is None else buckets(state, self.bucket_bytes)
+
     def save(self, out_dir: str | Path) -> None:
         """A checkpoint transformers and vLLM load (rank 0 writes). A collective."""
         self.policy.save_pretrained(out_dir, self.processor)
+
+
+def buckets(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Consecutive parameters grouped until a bucket would exceed `max_bytes` (one tensor at least)."""
+    out: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if out[-1] and size + nbytes > max_bytes:
+            out.append({})
+            size = 0
+        out[-1][name] = tensor
+        size += nbytes
+    return out
 
 
 def logprob_mismatch(batches: Sequence[MicroBatch]) -> dict[str, float]:

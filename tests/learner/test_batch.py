@@ -179,3 +179,14 @@ def test_policy_logprobs_match_the_engine_sampler_logprobs(model_path, processor
         logits = completion_logits(policy.engine.module(**batch.model_inputs()).logits, batch)
     plain = torch.log_softmax(logits.float(), -1).gather(-1, batch.completion_ids[..., None])[..., 0]
     torch.testing.assert_close(torch.where(batch.mask, plain, 0.0), logprobs)
+
+
+def test_weight_buckets_respect_the_size_limit_and_keep_every_parameter_in_order():
+    import torch
+
+    from learner.rank import buckets
+
+    state = {f"p{i}": torch.zeros(n) for i, n in enumerate([10, 10, 30, 5, 5, 1])}  # 4 bytes each element
+    parts = buckets(state, max_bytes=80)  # 20 elements per bucket
+    assert [list(p) for p in parts] == [["p0", "p1"], ["p2"], ["p3", "p4", "p5"]]  # p2 alone: larger than the limit
+    assert [name for p in parts for name in p] == list(state)

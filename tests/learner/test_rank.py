@@ -54,14 +54,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def process_env():
+def deepspeed_env():
+    """What an in-process (world size 1) rank needs; Ray workers get it from the session's Ray."""
     return {
         "DS_ACCELERATOR": "cpu",
         "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(torch_extensions_dir())),
         "GLOO_SOCKET_IFNAME": "lo",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
 
 
@@ -71,21 +69,9 @@ def model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    saved = dict(os.environ)
-    os.environ.update(process_env())
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**process_env(), "OMP_NUM_THREADS": "1"}},
-    )
-    yield ray
-    ray.shutdown()
-    os.environ.clear()
-    os.environ.update(saved)
+def ray_cluster(ray_local):
+    """The session's local Ray (tests/conftest.py): loopback, worker env of STACK.md §6-7."""
+    return ray_local
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +157,7 @@ def max_difference(a, b):
 def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(
     model_path, rollouts, monkeypatch
 ):
-    for name, value in process_env().items():
+    for name, value in deepspeed_env().items():
         monkeypatch.setenv(name, value)
     cfg = LearnerConfig(zero_stage=2, weight_decay=0.0, kl_coef=0.0, micro_batch_size=4, lr=1e-3)
     rank = in_process_rank(model_path, cfg, micro_batches_per_step=2)
@@ -194,7 +180,7 @@ def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(
 def test_two_ranks_apply_exactly_the_global_token_mean_gradient(
     model_path, rollouts, first_norm, ray_cluster, monkeypatch
 ):
-    for name, value in process_env().items():
+    for name, value in deepspeed_env().items():
         monkeypatch.setenv(name, value)
     first, second = rollouts[:8], rollouts[8:]
     one = in_process_rank(
