@@ -57,7 +57,8 @@ def configure_cpu_environment() -> None:
 class Engine:
     """A vLLM engine holding the policy (or judge) weights at a known version."""
 
-    def __init__(self, settings: EngineSettings, image_loader: Callable[[ImageRef], Any]):
+    def __init__(self, settings: EngineSettings, image_loader: Callable[[ImageRef], Any], version: int = 0):
+        """`version`: the policy version the weights at `settings.model_path` are (a resumed run's checkpoint)."""
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             configure_cpu_environment()
@@ -81,7 +82,7 @@ class Engine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.image_loader = image_loader
-        self.version = 0
+        self.version = version
         self._allowed_ids = self._allowed_token_ids()
         self._image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 

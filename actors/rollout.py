@@ -16,8 +16,9 @@ from actors.types import Group, ImageRef, PromptRequest, SamplingSettings
 
 
 class RolloutWorker:
-    def __init__(self, settings: EngineSettings, sampling: SamplingSettings, image_loader: Callable[[ImageRef], Any]):
-        self.engine = Engine(settings, image_loader)
+    def __init__(self, settings: EngineSettings, sampling: SamplingSettings, image_loader: Callable[[ImageRef], Any],
+                 version: int = 0):  # fmt: skip
+        self.engine = Engine(settings, image_loader, version)
         self.sampling = sampling
 
     def generate(self, requests: Sequence[PromptRequest], sampling: SamplingSettings | None = None) -> list[Group]:

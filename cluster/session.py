@@ -54,7 +54,9 @@ def _free_port() -> int:
 
 
 class TrainingCluster:
-    def __init__(self, cfg: RunConfig, model_path: str, reference_path: str | None = None):
+    def __init__(self, cfg: RunConfig, model_path: str, reference_path: str | None = None, version: int = 0):
+        """`model_path` holds policy `version` (a checkpoint when resuming); `reference_path` the
+        initial policy the KL term is measured against (default: `model_path`)."""
         self.cfg = cfg
         self.on_gpu = torch.cuda.is_available() and cfg.rollout.num_gpus_per_worker > 0
         start_ray(cfg, self.on_gpu)
@@ -63,13 +65,14 @@ class TrainingCluster:
         settings = engine_settings(cfg, model_path)
         self.rollout = RolloutPool(self.placement.spawn(
             "rollout", RolloutWorker,
-            [(EngineSettings(**{**settings.__dict__, "seed": cfg.cluster.seed + 100 * i}), rollout_sampling(cfg), loader)
+            [(EngineSettings(**{**settings.__dict__, "seed": cfg.cluster.seed + 100 * i}), rollout_sampling(cfg), loader, version)
              for i in range(cfg.rollout.num_workers)],
         ))  # fmt: skip
         judge = judge_settings(cfg, model_path) if cfg.reward.reflection else None
         self.reward = RewardPool(self.placement.spawn(
             "reward", RewardWorker,
-            [(cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i) for i in range(cfg.reward.num_workers)],
+            [(cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i, version)
+             for i in range(cfg.reward.num_workers)],
         ), follows_policy=cfg.reward.judge.mode == "policy")  # fmt: skip
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path or model_path, loader))
         self._wait_ready()

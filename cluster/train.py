@@ -28,9 +28,9 @@ STATE_FILE = "trainer_state.json"
 
 
 def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: Path, start: int, log_: MetricsLog,
-               progress) -> list[dict]:  # fmt: skip
+               progress, version: int = 0) -> list[dict]:  # fmt: skip
+    """Iterations `start` .. cluster.iterations-1, from policy `version`; returns their metrics."""
     history = []
-    version = start
     for iteration in range(start, cfg.cluster.iterations):
         t0 = time.perf_counter()
         batch = stream.next_batch()
@@ -39,6 +39,7 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
             batch, requests, tc.rollout, tc.reward, version, chunk_size=cfg.rollout.chunk_size,
             generate_timeout_s=cfg.cluster.generate_timeout_s, reward_timeout_s=cfg.reward.timeout_s,
         )  # fmt: skip
+        _check_versions(rollouts, version)
         t1 = time.perf_counter()
         shards, num_tokens, adv_metrics = train_shards(rollouts, cfg.learner)
         train_metrics = combine_rank_metrics(tc.learner.train(shards, num_tokens, cfg.cluster.train_timeout_s))
@@ -53,6 +54,13 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
         history.append(metrics)
         progress(iteration, metrics)
     return history
+
+
+def _check_versions(rollouts: IterationRollouts, version: int) -> None:
+    """Synchronous mode: every rollout of an iteration comes from the version the driver expects."""
+    seen = {sg.group.policy_version for sg in rollouts.groups}
+    if seen != {version}:
+        raise RuntimeError(f"rollouts from policy versions {sorted(seen)} in an iteration at version {version}")
 
 
 def _seed(cfg: RunConfig, iteration: int, index: int) -> int:
@@ -114,14 +122,17 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     if not train_set.samples:
         raise ValueError(f"no usable training sample in {cfg.data.train}: {dict(train_set.skipped)}")
     checkpoint = latest_checkpoint(run) if resume else None
-    state = json.loads((checkpoint / STATE_FILE).read_text()) if checkpoint else {"next_iteration": 0, "stream": {}}
+    state = json.loads((checkpoint / STATE_FILE).read_text()) if checkpoint else {}
+    start, version = state.get("next_iteration", 0), state.get("version", 0)
+    if checkpoint:
+        print(f"resuming {run.name} at iteration {start} (policy version {version}) from {checkpoint}")
     stream = PromptStream(train_set.samples, cfg.cluster.prompts_per_iteration, seed=cfg.cluster.seed,
-                          shuffle=cfg.data.shuffle, state=StreamState(**state["stream"]))  # fmt: skip
+                          shuffle=cfg.data.shuffle, state=StreamState(**state.get("stream", {})))  # fmt: skip
     metrics_log = MetricsLog(run, cfg.cluster.tensorboard)
-    progress = Progress(cfg.cluster.iterations, state["next_iteration"])
-    with TrainingCluster(cfg, str(checkpoint or initial), reference_path=initial) as tc:
-        history = train_loop(cfg, tc, stream, run, state["next_iteration"], metrics_log, progress.update)
+    progress = Progress(cfg.cluster.iterations, start)
+    with TrainingCluster(cfg, str(checkpoint or initial), reference_path=initial, version=version) as tc:
+        history = train_loop(cfg, tc, stream, run, start, metrics_log, progress.update, version)
     metrics_log.close()
     progress.close()
-    print(summary_table(history, state["next_iteration"], run))
+    print(summary_table(history, start, run))
     return 0

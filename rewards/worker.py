@@ -29,13 +29,14 @@ class RewardWorker:
         judge_settings: EngineSettings | None,
         image_loader: Callable[[ImageRef], Any],
         seed: int = 0,
+        version: int = 0,
     ):
         self.rules = rules
         self.judge: EngineJudge | None = None
         if cfg.reflection and rules.reflective:
             if judge_settings is None:
                 raise ValueError("reflection is on but no judge engine settings were given")
-            self.judge = EngineJudge(Engine(judge_settings, image_loader), cfg.judge, seed=seed)
+            self.judge = EngineJudge(Engine(judge_settings, image_loader, version), cfg.judge, seed=seed)
         self.follows_policy = cfg.judge.mode == "policy"
 
     def score(self, items: Sequence[ScoreItem], expected_version: int | None = None) -> list[list[RolloutScore]]:

@@ -76,3 +76,25 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path):
     )
     assert _greedy(fresh, probe) == after[0]
     ray.kill(fresh)
+
+
+def test_resume_continues_at_the_next_batch_from_the_latest_checkpoint(ray_local, tmp_path):
+    from cluster.train import run_train
+
+    common = [*OVERRIDES, "learner.num_ranks=1", "rollout.num_workers=1", "cluster.checkpoint_every=1",
+              f"cluster.output_dir={tmp_path}", "cluster.run_name=r", "cluster.dump_rollouts=16"]  # fmt: skip
+    assert run_train(load_config(None, [*common, "cluster.iterations=1"])) == 0
+    assert run_train(load_config(None, [*common, "cluster.iterations=2"]), resume=True) == 0
+
+    run = tmp_path / "r"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["iteration"], m["policy_version"]) for m in metrics] == [(0, 1), (1, 2)]
+    assert latest_checkpoint(run).name == "iter_000002"
+    # The resumed iteration trained on exactly the batch an uninterrupted run takes second.
+    cfg = load_config(None, common)
+    stream = PromptStream(load_samples(cfg.data.train, cfg.data).samples, 4, seed=cfg.cluster.seed)
+    stream.next_batch()
+    expected = [s.sample_id for s in stream.next_batch()]
+    dumped = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    resumed = list(dict.fromkeys(d["sample_id"] for d in dumped if d["iteration"] == 1))
+    assert resumed == expected
