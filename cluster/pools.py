@@ -40,8 +40,10 @@ class Role:
 class Placement:
     """One placement group with a bundle per actor, reserved before any actor starts."""
 
-    def __init__(self, roles: Sequence[Role], timeout_s: float):
+    def __init__(self, roles: Sequence[Role], timeout_s: float, env: dict[str, str] | None = None):
+        """`env`: environment variables of every actor (merged into a submitted job's runtime env)."""
         self.roles = list(roles)
+        self.env = env or {}
         bundles = [self._bundle(r) for r in self.roles for _ in range(r.count)]
         self.group: PlacementGroup = placement_group(bundles, strategy="PACK")
         ready, _ = ray.wait([self.group.ready()], timeout=timeout_s)
@@ -75,6 +77,7 @@ class Placement:
                 num_gpus=role.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + i),
                 name=f"emo-r3-{role_name}-{i}-{id(self.group):x}",
+                runtime_env={"env_vars": self.env},
             ).remote(*args)
             for i, args in enumerate(args_per_actor)
         ]

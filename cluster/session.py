@@ -13,14 +13,13 @@ import socket
 from functools import partial
 
 import ray
-import torch
 
 from actors.engine import EngineSettings
 from actors.rollout import RolloutWorker
 from cluster.config import RunConfig
 from cluster.data.images import load_image
 from cluster.datasets import image_policy
-from cluster.launch import start_ray
+from cluster.launch import start_ray, worker_env
 from cluster.models import resolve_model
 from cluster.pools import Placement, Role, wait_all
 from cluster.sample import engine_settings, reward_rules, rollout_sampling
@@ -58,9 +57,9 @@ class TrainingCluster:
         """`model_path` holds policy `version` (a checkpoint when resuming); `reference_path` the
         initial policy the KL term is measured against (default: `model_path`)."""
         self.cfg = cfg
-        self.on_gpu = torch.cuda.is_available() and cfg.rollout.num_gpus_per_worker > 0
+        self.on_gpu = any(role.num_gpus > 0 for role in roles(cfg))
         start_ray(cfg, self.on_gpu)
-        self.placement = Placement(roles(cfg), cfg.cluster.startup_timeout_s)
+        self.placement = Placement(roles(cfg), cfg.cluster.startup_timeout_s, worker_env(cfg, self.on_gpu))
         loader = partial(load_image, policy=image_policy(cfg.data))
         settings = engine_settings(cfg, model_path)
         self.rollout = RolloutPool(self.placement.spawn(
