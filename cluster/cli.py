@@ -80,6 +80,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(cfg, resume=args.resume)
 
 
+def cmd_bench_loop(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.loop import run
+
+    load_config(None, args.overrides)  # fail fast on a bad override
+    run(args.overrides, args.iterations, Path(args.out) if args.out else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emo-r3", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue the run cluster.run_name from its latest checkpoint")
     train.set_defaults(func=cmd_train)
+
+    bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(dest="action", required=True)
+    loop = bench.add_parser("loop", help="stage times, worker vs raw vLLM, reflection cost, weight push vs engines")
+    loop.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every measured run")
+    loop.add_argument("--iterations", type=int, default=3, help="measured iterations per run (after one warm-up)")
+    loop.add_argument("--out", help="also write the numbers as JSON here")
+    loop.set_defaults(func=cmd_bench_loop)
     return parser
 
 

@@ -130,6 +130,9 @@ class ClusterConfig(BaseModel):
         "object_store", description="how weights reach engines (object_store: Ray's object store, CPU and GPU)"
     )
     tensorboard: bool = Field(True, description="write TensorBoard logs beside metrics.jsonl")
+    worker_logs: bool = Field(
+        False, description="forward the workers' stdout/stderr to the driver (local Ray; always kept in Ray's log dir)"
+    )
     startup_timeout_s: float = Field(600, gt=0, description="deadline for actors to come up")
     generate_timeout_s: float = Field(600, gt=0, description="deadline for one group's generation")
     train_timeout_s: float = Field(1800, gt=0, description="deadline for one iteration's optimizer updates")

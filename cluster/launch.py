@@ -83,4 +83,5 @@ def start_ray(cfg: RunConfig, on_gpu: bool, extra_env: dict[str, str] | None = N
     ray.init(
         num_cpus=cfg.cluster.num_cpus, num_gpus=0 if not on_gpu else None, include_dashboard=False,
         _node_ip_address="127.0.0.1", runtime_env={"env_vars": env}, logging_level=logging.WARNING,
+        log_to_driver=cfg.cluster.worker_logs,
     )  # fmt: skip

@@ -22,7 +22,7 @@ def _define_ops() -> None:
     import torch
 
     try:
-        torch.ops.torchvision.nms  # real ops present: nothing to do
+        _ = torch.ops.torchvision.nms  # real ops present: nothing to do
         return
     except (AttributeError, RuntimeError):
         pass

@@ -7,9 +7,8 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
