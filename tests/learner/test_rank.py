@@ -7,7 +7,6 @@ world-size-2 ranks are two Ray actors (STACK.md §6-7).
 
 import io
 import math
-import os
 import socket
 import time
 from dataclasses import replace
@@ -19,7 +18,6 @@ from safetensors import safe_open
 
 from actors.types import PromptRequest, SamplingSettings
 from cluster.data.images import load_image
-from cluster.paths import torch_extensions_dir
 from cluster.tiny_model import ensure_tiny_model
 from learner.batch import collate, completion_logits, num_completion_tokens, rollouts_from_group, split
 from learner.config import LearnerConfig
@@ -52,15 +50,6 @@ def free_port():
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
-
-
-def deepspeed_env():
-    """What an in-process (world size 1) rank needs; Ray workers get it from the session's Ray."""
-    return {
-        "DS_ACCELERATOR": "cpu",
-        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(torch_extensions_dir())),
-        "GLOO_SOCKET_IFNAME": "lo",
-    }
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +107,6 @@ def train_on_ranks(ray, ranks, minibatches):
     return combine_rank_metrics(ray.get(calls, timeout=RPC_TIMEOUT_S))
 
 
-def in_process_rank(model_path, cfg, micro_batches_per_step):
-    return LearnerRank(model_path, cfg, 0, 1, LOOPBACK, free_port(), micro_batches_per_step, load_image)
-
-
 def reference_grad_norm(model_path, processor, rollouts):
     """‖∇ token-mean GRPO loss‖ over the whole mini-batch at the initial weights, plain autograd."""
     from transformers import AutoModelForImageTextToText
@@ -154,21 +139,23 @@ def max_difference(a, b):
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(
-    model_path, rollouts, monkeypatch
-):
-    for name, value in deepspeed_env().items():
-        monkeypatch.setenv(name, value)
+def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(model_path, rollouts, ray_cluster):
+    # Ranks always run in their own process (a Ray actor): torch.distributed is process-global.
     cfg = LearnerConfig(zero_stage=2, weight_decay=0.0, kl_coef=0.0, micro_batch_size=4, lr=1e-3)
-    rank = in_process_rank(model_path, cfg, micro_batches_per_step=2)
+    (rank,) = spawn_ranks(ray_cluster, model_path, cfg, 1, 2)
     minibatch = rollouts[:8]
-    before = rank.weights()
+
+    def call(method, *args):
+        return ray_cluster.get(method.remote(*args), timeout=RPC_TIMEOUT_S)
+
+    before = call(rank.weights)
     silent = [replace(r, advantage=0.0) for r in minibatch]
-    metrics = rank.train_iteration([silent], [num_completion_tokens(silent)])
+    metrics = call(rank.train_iteration, [silent], [num_completion_tokens(silent)])
     assert metrics["loss"] == 0.0 and metrics["grad_norm"] == 0.0
-    assert max_difference(before, rank.weights()) == 0.0
-    metrics = rank.train_iteration([minibatch], [num_completion_tokens(minibatch)])
-    after = rank.weights()
+    assert max_difference(before, call(rank.weights)) == 0.0
+    metrics = call(rank.train_iteration, [minibatch], [num_completion_tokens(minibatch)])
+    after = call(rank.weights)
+    ray_cluster.kill(rank)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("visual.") for k in changed), "the vision tower must train"
     assert {"lm_head.weight", "model.embed_tokens.weight"} <= changed
@@ -177,21 +164,13 @@ def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(
     assert metrics["logprob_mismatch_max"] < 1e-4  # the engine sampled with these weights
 
 
-def test_two_ranks_apply_exactly_the_global_token_mean_gradient(
-    model_path, rollouts, first_norm, ray_cluster, monkeypatch
-):
-    for name, value in deepspeed_env().items():
-        monkeypatch.setenv(name, value)
+def test_two_ranks_apply_exactly_the_global_token_mean_gradient(model_path, rollouts, first_norm, ray_cluster):
     first, second = rollouts[:8], rollouts[8:]
-    one = in_process_rank(
-        model_path, LearnerConfig(zero_stage=2, micro_batch_size=4), micro_batches_per_step=2
-    )
-    batch = collate(first, one.processor, load_image)
-    torch.testing.assert_close(one.policy.logprobs(batch, reference=True), one.policy.logprobs(batch))
-    single = [one.train_iteration([first], [num_completion_tokens(first)])]
-    single.append(
-        one.train_iteration([first, second], [num_completion_tokens(first), num_completion_tokens(second)])
-    )
+    (one,) = spawn_ranks(ray_cluster, model_path, LearnerConfig(zero_stage=2, micro_batch_size=4), 1, 2)
+    single = [train_on_ranks(ray_cluster, [one], [first]), train_on_ranks(ray_cluster, [one], [first, second])]
+    one_weights = ray_cluster.get(one.weights.remote(), timeout=RPC_TIMEOUT_S)
+    ray_cluster.kill(one)
+    assert single[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # the reference is the initial policy
     # two ranks, each with 2 micro-batches of 2: gradient accumulation and rank averaging together
     ranks = spawn_ranks(ray_cluster, model_path, LearnerConfig(zero_stage=2, micro_batch_size=2), 2, 2)
     try:
@@ -209,7 +188,7 @@ def test_two_ranks_apply_exactly_the_global_token_mean_gradient(
         for name in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "grad_norm"):
             assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-6), name
     assert double[1]["kl"] > 0 and weights[1] is None
-    difference = max_difference(one.weights(), weights[0])
+    difference = max_difference(one_weights, weights[0])
     print(f"ZeRO-2 world 2 vs world 1: max |Δweight| {difference:.1e} after 3 updates")
     assert difference < 1e-5
 
