@@ -80,6 +80,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(cfg, resume=args.resume)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cluster.evaluate import run_eval
+
+    return run_eval(
+        load_config(args.config, []), args.model, args.data, in_domain=args.in_domain, greedy=args.greedy,
+        limit=args.limit, max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, out=args.out,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from cluster.sft import run_sft
+
+    return run_sft(load_config(args.config, args.overrides))
+
+
 def cmd_bench_loop(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -139,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue the run cluster.run_name from its latest checkpoint")
     train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="accuracy on held-out data sets, with A^I / A^O / A (METHOD.md §5)")
+    ev.add_argument("--model", required=True, help="HF-format model folder (e.g. a checkpoint), or 'tiny'")
+    ev.add_argument("--data", nargs="+", required=True, metavar="SRC",
+                    help="manifests, folders or synthetic:<style>:<split>")  # fmt: skip
+    ev.add_argument("--in-domain", nargs="+", metavar="SRC",
+                    help="in-domain sources among --data (default: the first)")  # fmt: skip
+    ev.add_argument("--greedy", action="store_true",
+                    help="temperature 0 instead of the release's 0.6 / top_p 0.95")  # fmt: skip
+    ev.add_argument("--limit", type=int, help="evaluate a seeded subset of at most N samples per source")
+    ev.add_argument("--max-new-tokens", type=int,
+                    help="completion length cap (default: rollout.max_new_tokens)")  # fmt: skip
+    ev.add_argument("--prompt-style", choices=["set", "grpo"], help="default: data.prompt_style")
+    ev.add_argument("--out", help="output folder (default: <model>/eval)")
+    ev.add_argument("--seed", type=int, help="sampling and subset seed (default: cluster.seed)")
+    ev.add_argument("--config", "-c", help="YAML run config for data and engine settings (default: built-in)")
+    ev.set_defaults(func=cmd_eval)
+
+    sft = sub.add_parser("sft", help="cold-start SFT on a few reference responses; writes a checkpoint for model.path")
+    _add_config_args(sft)
+    sft.set_defaults(func=cmd_sft)
 
     bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(dest="action", required=True)
     loop = bench.add_parser("loop", help="stage times, worker vs raw vLLM, reflection cost, weight push vs engines")
