@@ -125,6 +125,8 @@ class ClusterConfig(BaseModel):
     run_name: str | None = Field(None, description="run directory name; default: a timestamp")
     checkpoint_every: int = Field(10, ge=0, description="iterations between checkpoints (0: only at the end)")
     eval_every: int = Field(5, ge=0, description="iterations between held-out evaluations (0: off)")
+    eval_limit: int = Field(128, ge=1, description="held-out samples per data.eval source in in-training evaluation")
+    eval_greedy: bool = Field(False, description="in-training evaluation greedy instead of temperature 0.6 / top_p 0.95")
     dump_rollouts: int = Field(8, ge=0, description="rollouts per iteration written to rollouts.jsonl")
     weight_transport: Literal["object_store"] = Field(
         "object_store", description="how weights reach engines (object_store: Ray's object store, CPU and GPU)"

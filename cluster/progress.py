@@ -9,6 +9,7 @@ SUMMARY_COLUMNS = (
     ("cons", "reward/consistency/mean"), ("score", "reward/score/mean"), ("unsc", "rollout/unscorable_rate"),
     ("len", "response_length/mean"), ("kl", "train/kl"), ("gen_s", "timing_s/generate"),
     ("tail_s", "timing_s/reward_tail"), ("train_s", "timing_s/train"), ("sync_s", "timing_s/sync"),
+    ("eval_AI", "eval/A^I"),
 )  # fmt: skip
 
 
@@ -32,7 +33,12 @@ class Progress:
 def summary_table(history: list[dict[str, float]], first_iteration: int, run: Path) -> str:
     header = f"{'iter':>5}" + "".join(f"{name:>8}" for name, _ in SUMMARY_COLUMNS)
     rows = [
-        f"{first_iteration + i:>5}" + "".join(f"{m.get(key, float('nan')):>8.3f}" for _, key in SUMMARY_COLUMNS)
+        f"{first_iteration + i:>5}" + "".join(_cell(m.get(key)) for _, key in SUMMARY_COLUMNS)
         for i, m in enumerate(history)
     ]
-    return "\n".join([header, *rows, "", f"run directory: {run}"])
+    note = "eval_AI: held-out in-domain accuracy (%) before that iteration's update; the last row is after training"
+    return "\n".join([header, *rows, "", note, f"run directory: {run}"])
+
+
+def _cell(value: float | None) -> str:
+    return f"{'-':>8}" if value is None else f"{value:>8.3f}"

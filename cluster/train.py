@@ -14,6 +14,7 @@ from pathlib import Path
 from cluster.batches import train_shards
 from cluster.config import RunConfig
 from cluster.datasets import load_samples
+from cluster.evaluator import Evaluator
 from cluster.metrics import MetricsLog, rollout_metrics
 from cluster.models import resolve_model
 from cluster.rollouts import IterationRollouts, generate_and_score
@@ -31,7 +32,9 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
                progress, version: int = 0) -> list[dict]:  # fmt: skip
     """Iterations `start` .. cluster.iterations-1, from policy `version`; returns their metrics."""
     history = []
+    evaluator = Evaluator(cfg, tc)
     for iteration in range(start, cfg.cluster.iterations):
+        eval_metrics = evaluator.maybe_run(iteration, version)
         t0 = time.perf_counter()
         batch = stream.next_batch()
         requests = [prompt_request(s, i, cfg.data.prompt_style, _seed(cfg, iteration, i)) for i, s in enumerate(batch)]
@@ -47,12 +50,16 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
         version += 1
         sync_metrics = tc.transport.push(version)
         t3 = time.perf_counter()
-        metrics = _iteration_metrics(rollouts, adv_metrics, train_metrics, version, (t0, t1, t2, t3)) | sync_metrics
+        metrics = _iteration_metrics(rollouts, adv_metrics, train_metrics, version, (t0, t1, t2, t3))
+        metrics |= sync_metrics | eval_metrics
         log_.log(iteration, metrics)
         _dump_rollouts(run, iteration, rollouts, cfg.cluster.dump_rollouts)
         _maybe_checkpoint(cfg, tc, run, iteration, version, stream)
         history.append(metrics)
         progress(iteration, metrics)
+    if final := evaluator.final(cfg.cluster.iterations, version):
+        log_.log(cfg.cluster.iterations, final)
+        history.append(final)
     return history
 
 

@@ -39,7 +39,8 @@ def _greedy(actor, probe) -> list[list[int]]:
 
 
 def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path):
-    cfg = load_config(None, [*OVERRIDES, f"cluster.output_dir={tmp_path}", "cluster.run_name=e2e"])
+    evaluation = ["cluster.eval_every=1", "cluster.eval_limit=2"]
+    cfg = load_config(None, [*OVERRIDES, *evaluation, f"cluster.output_dir={tmp_path}", "cluster.run_name=e2e"])
     run = tmp_path / "e2e"
     run.mkdir()
     model_path = resolve_model("tiny")
@@ -57,13 +58,16 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path):
     assert after[0] != before  # the push really changed what the engines generate
     # Iteration 1 sampled on engines that received the learner's weights: same logprobs (fp32).
     assert history[1]["train/logprob_mismatch_max"] < 1e-4
-    for metrics in history:
+    assert len(history) == 3  # two iterations, then the held-out evaluation of the final version
+    assert [m["eval/policy_version"] for m in history] == [0, 1, 2]
+    assert all("eval/emoset:test/accuracy" in m and "eval/A" in m for m in history)
+    for metrics in history[:2]:
         assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["train/kl"])
         for name in ("accuracy", "format", "coherence", "consistency", "score"):
             assert f"reward/{name}/mean" in metrics
         assert metrics["rollout/unscorable_rate"] == 0.0
         assert "reflection/consistency_yes_rate" in metrics
-    assert [json.loads(line)["policy_version"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["policy_version"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2]
     dumped = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert dumped and all(d["rewards"] is not None and d["consistency_reflection"] is not None for d in dumped)
 
