@@ -96,6 +96,12 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return run_sft(load_config(args.config, args.overrides))
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from cluster.pipeline import run_pipeline
+
+    return run_pipeline(load_config(args.config, args.overrides))
+
+
 def cmd_bench_loop(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -106,10 +112,7 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emo-r3", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_config_commands(sub) -> None:
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config")
     _add_config_args(show)
@@ -118,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_config_reference
     )
 
+
+def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
     check = data.add_parser("check", help="validate every sample and image of a manifest or folder")
     check.add_argument("path", help="JSONL/parquet manifest or class-per-folder tree")
@@ -133,12 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--ambiguity", type=float, default=0.25)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
-
     model = sub.add_parser("model", help="models").add_subparsers(dest="action", required=True)
     model.add_parser("build", help="build (or find) the embedded tiny model; prints its folder").set_defaults(
         func=cmd_model_build
     )
 
+
+def _add_score_command(sub) -> None:
     score = sub.add_parser("score", help="rescore a JSONL dump of rollouts offline")
     score.add_argument("--input", required=True)
     score.add_argument("--output", required=True)
@@ -147,15 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--strict-label", action="store_true", help="label matched as a word for coherence")
     score.set_defaults(func=cmd_score)
 
-    sample = sub.add_parser("sample", help="sample one batch of rollouts with vLLM and score it")
-    _add_config_args(sample)
-    sample.set_defaults(func=cmd_sample)
 
-    train = sub.add_parser("train", help="train with EMO-R3 (GRPO + SET + RER) on Ray, vLLM and DeepSpeed")
-    _add_config_args(train)
-    train.add_argument("--resume", action="store_true", help="continue the run cluster.run_name from its latest checkpoint")
-    train.set_defaults(func=cmd_train)
+def _add_job_commands(sub) -> None:
+    """Commands that take a run config: sample, train, sft, pipeline."""
+    jobs = [
+        ("sample", "sample one batch of rollouts with vLLM and score it", cmd_sample),
+        ("train", "train with EMO-R3 (GRPO + SET + RER) on Ray, vLLM and DeepSpeed", cmd_train),
+        ("sft", "cold-start SFT on a few reference responses; writes a checkpoint for model.path", cmd_sft),
+        ("pipeline", "data, model, cold-start SFT, EMO-R3 RL, before/after evaluation", cmd_pipeline),
+    ]
+    for name, help_text, func in jobs:
+        job = sub.add_parser(name, help=help_text)
+        _add_config_args(job)
+        job.set_defaults(func=func)
+        if name == "train":
+            job.add_argument("--resume", action="store_true", help="continue the run cluster.run_name from its latest checkpoint")
 
+
+def _add_eval_command(sub) -> None:
     ev = sub.add_parser("eval", help="accuracy on held-out data sets, with A^I / A^O / A (METHOD.md §5)")
     ev.add_argument("--model", required=True, help="HF-format model folder (e.g. a checkpoint), or 'tiny'")
     ev.add_argument("--data", nargs="+", required=True, metavar="SRC",
@@ -173,16 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", "-c", help="YAML run config for data and engine settings (default: built-in)")
     ev.set_defaults(func=cmd_eval)
 
-    sft = sub.add_parser("sft", help="cold-start SFT on a few reference responses; writes a checkpoint for model.path")
-    _add_config_args(sft)
-    sft.set_defaults(func=cmd_sft)
 
+def _add_bench_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(dest="action", required=True)
     loop = bench.add_parser("loop", help="stage times, worker vs raw vLLM, reflection cost, weight push vs engines")
     loop.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every measured run")
     loop.add_argument("--iterations", type=int, default=3, help="measured iterations per run (after one warm-up)")
     loop.add_argument("--out", help="also write the numbers as JSON here")
     loop.set_defaults(func=cmd_bench_loop)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emo-r3", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_config_commands, _add_data_commands, _add_score_command, _add_job_commands,
+                _add_eval_command, _add_bench_commands):  # fmt: skip
+        add(sub)
     return parser
 
 
