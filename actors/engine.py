@@ -67,8 +67,13 @@ class Engine:
         memory = (
             {"gpu_memory_utilization": settings.gpu_memory_utilization}
             if on_gpu
-            else {"kv_cache_memory_bytes": settings.kv_cache_mib * 2**20, "distributed_executor_backend": "uni"}
-        )
+            else {
+                "kv_cache_memory_bytes": settings.kv_cache_mib * 2**20, "distributed_executor_backend": "uni",
+                # vLLM's CPU runner crashes ("CPU Generator does not use offset") when it discards the token
+                # sampled for a partially prefilled request that has its own seed: prefill whole prompts.
+                "enable_chunked_prefill": False, "max_num_batched_tokens": max(settings.max_model_len, 16384),
+            }
+        )  # fmt: skip
         self.llm = LLM(
             model=settings.model_path,
             dtype=settings.dtype,
