@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actors.config import RolloutConfig
-from learner.config import LearnerConfig
+from learner.config import LearnerConfig, SftConfig
 from rewards.config import RewardConfig
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -149,6 +149,7 @@ class RunConfig(BaseModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")

@@ -34,3 +34,44 @@ class LearnerConfig(BaseModel):
     reference_placement: Literal["learner", "none"] = Field(
         "learner", description="learner: each rank holds a frozen copy of the initial policy; none: no KL"
     )
+
+
+class SftConfig(BaseModel):
+    """Cold-start SFT (METHOD.md §4, "Cold-Start-Emo": a light SFT stage on a few samples, details
+    unpublished). The DeepSpeed setup (num_ranks, zero_stage, dtype, micro_batch_size, weight_decay,
+    grad_clip) is the learner section's; no reference policy and no KL term."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(
+        64,
+        ge=1,
+        description="training samples with a reference response used (few: RL must have something left to learn)",
+    )
+    epochs: int = Field(3, ge=1, description="passes over the examples (reshuffled every epoch)")
+    lr: float = Field(
+        5e-4, gt=0, description="AdamW learning rate of the cold start (5e-4 suits the tiny model)"
+    )
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="examples per optimizer step, split evenly over learner.num_ranks (a multiple of it)",
+    )
+    target: str | None = Field(
+        None,
+        description="manifest column of the target response: 'response' (SET reasoning) or 'response_grpo' "
+        "(<think> form); None: data.columns.response for data.prompt_style=set, 'response_grpo' for grpo",
+    )
+    reflection_tasks: bool = Field(
+        True,
+        description="mix in the two reflection tasks (METHOD.md §3) so the policy can act as its own judge",
+    )
+    reflection_share: float = Field(
+        0.5,
+        ge=0,
+        le=4,
+        description="reflection examples per answer example: half coherence (→ label), a quarter consistency "
+        "(→ yes), a quarter consistency with another label's span (→ no)",
+    )
+    seed: int = Field(0, description="seeds the sample subset, the reflection pairs and the example order")
+    output: str | None = Field(None, description="checkpoint folder; None: <run dir>/sft")

@@ -3,9 +3,9 @@
 The only module that imports deepspeed (and transformers' model classes). Recipes: STACK.md §7
 (gloo on CPU, torch AdamW + `zero_allow_untested_optimizer`, `HfDeepSpeedConfig` for ZeRO-3).
 
-Gradient of one step (`train_step`): every micro-batch loss is a masked SUM divided by the GLOBAL
-token count of the mini-batch (learner.grpo), so the sum over all micro-batches of all ranks is the
-mini-batch token mean. DeepSpeed sums micro-batch gradients locally and AVERAGES them over ranks;
+Gradient of one step (`train_step`: GRPO; `sft_step`: NLL): every micro-batch loss is a masked SUM
+divided by the GLOBAL token count of the mini-batch (learner.grpo), so the sum over all
+micro-batches of all ranks is the mini-batch token mean. DeepSpeed sums micro-batch gradients locally and AVERAGES them over ranks;
 each backward therefore scales the loss by world_size and is not divided by the accumulation
 steps (`scale_wrt_gas=False`). The applied gradient is exactly ∇(global token-mean loss).
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import operator
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,13 @@ from torch import Tensor
 from learner.batch import MicroBatch, completion_logits
 from learner.config import LearnerConfig
 from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss, token_logprobs
+from learner.sft import sft_objective
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a dead rank fails its peers' collectives after this
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# A micro-batch's loss: (batch, logprobs [N, T], logits [N, T, V], global_num_tokens) → (loss, metrics);
+# picked once per kind of step (GRPO: train_step, SFT: sft_step), never branched on inside it.
+Objective = Callable[[MicroBatch, Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
 
 
 def uses_reference(cfg: LearnerConfig) -> bool:
@@ -141,6 +146,22 @@ class Policy:
         rank's share of the token-mean metrics (sum them over ranks; ratio_max: max) and grad_norm
         (global, before clipping).
         """
+        for batch in micro_batches:
+            self._check_grpo_inputs(batch)
+        return self._step(micro_batches, global_num_tokens, self._grpo_objective)
+
+    def sft_step(self, micro_batches: list[MicroBatch], global_num_tokens: int) -> dict[str, float]:
+        """One optimizer update minimising the token-mean NLL of the completion (target) tokens of
+        the whole mini-batch over all ranks, with train_step's exact gradient scaling.
+
+        Returns the rank's share of "loss" (sum it over ranks) and grad_norm (global, before clipping).
+        """
+        return self._step(micro_batches, global_num_tokens, sft_objective)
+
+    def _step(
+        self, micro_batches: list[MicroBatch], global_num_tokens: int, objective: Objective
+    ) -> dict[str, float]:
+        """Forward + backward of every micro-batch with `objective`, one update at the boundary."""
         if len(micro_batches) != self.micro_batches_per_step:
             raise ValueError(
                 f"{len(micro_batches)} micro-batches, but DeepSpeed steps every {self.micro_batches_per_step}"
@@ -151,34 +172,41 @@ class Policy:
             last = i == len(micro_batches) - 1
             if self.engine.is_gradient_accumulation_boundary() != last:
                 raise RuntimeError("DeepSpeed's accumulation boundary is out of step with the micro-batches")
-            totals = _combine(totals, self._backward(batch.to(self.device), global_num_tokens))
+            totals = _combine(totals, self._backward(batch.to(self.device), global_num_tokens, objective))
             if last and self._norm_before_step:
                 norm = _grad_norm(self.engine.module)
             self.engine.step()  # applies the update at the boundary only
         totals["grad_norm"] = norm if norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
         return totals
 
-    def _backward(self, batch: MicroBatch, global_num_tokens: int) -> dict[str, float]:
+    def _backward(self, batch: MicroBatch, global_num_tokens: int, objective: Objective) -> dict[str, float]:
         """Forward + backward of one micro-batch (gradients accumulate); its metrics."""
+        logprobs, logits = self._forward(self.engine, batch)  # [N, T], [N, T, V]
+        loss, metrics = objective(batch, logprobs, logits, global_num_tokens)
+        # DeepSpeed averages over ranks: × world_size makes it the sum; no division by accumulation steps.
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        return {name: float(value) for name, value in metrics.items()}
+
+    def _check_grpo_inputs(self, batch: MicroBatch) -> None:
         if batch.old_logprobs is None:
             raise ValueError("micro-batch without old_logprobs: compute them before the first update")
-        ref_logprobs = batch.ref_logprobs if self.reference is not None else None
-        if self.reference is not None and ref_logprobs is None:
+        if self.reference is not None and batch.ref_logprobs is None:
             raise ValueError("micro-batch without ref_logprobs, but the KL term is on")
-        logprobs, logits = self._forward(self.engine, batch)  # [N, T], [N, T, V]
-        loss, metrics = grpo_loss(
+
+    def _grpo_objective(
+        self, batch: MicroBatch, logprobs: Tensor, logits: Tensor, global_num_tokens: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The clipped GRPO loss (+ KL when the reference is on) of one micro-batch."""
+        return grpo_loss(
             logprobs,
             batch.old_logprobs,
-            ref_logprobs,
+            batch.ref_logprobs if self.reference is not None else None,
             batch.advantages,
             batch.mask,
             global_num_tokens,
             self.loss_cfg,
             logits=logits,
         )
-        # DeepSpeed averages over ranks: × world_size makes it the sum; no division by accumulation steps.
-        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-        return {name: float(value) for name, value in metrics.items()}
 
     # -------------------------------------------------------------------------------------------
     # Weights out

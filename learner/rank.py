@@ -1,4 +1,5 @@
-"""One learner rank: builds train batches from rollouts and runs the iteration's optimizer updates.
+"""One learner rank: builds train batches from rollouts and runs the iteration's optimizer updates
+(and the cold-start SFT updates: `sft_iteration`).
 
 A plain class; the cluster layer makes it a Ray actor (one per DeepSpeed rank) at spawn time.
 Every rank gets its own shard of each mini-batch and the mini-batch's GLOBAL completion-token
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from actors.types import ImageRef
-from learner.batch import MicroBatch, TrainRollout, collate, split
+from learner.batch import MicroBatch, TrainRollout, collate, num_completion_tokens, split
 from learner.config import LearnerConfig
 from learner.grpo import MAX_REDUCED_METRICS
 
@@ -105,10 +106,35 @@ class LearnerRank:
         metrics["train_s"] = time.perf_counter() - start
         return metrics
 
+    def sft_iteration(
+        self, minibatches: Sequence[Sequence[TrainRollout]], global_num_tokens: Sequence[int]
+    ) -> dict[str, float]:
+        """One supervised update (Policy.sft_step) per mini-batch; minibatches[k] is this rank's shard
+        of mini-batch k, whose completions are the targets (learner.sft.SftExample.rollout).
+
+        global_num_tokens[k]: target tokens of mini-batch k over ALL ranks. Returns this rank's loss
+        share and grad_norm averaged over the updates, num_tokens and train_s (combine_rank_metrics).
+        """
+        if len(minibatches) != len(global_num_tokens):
+            raise ValueError(f"{len(minibatches)} mini-batches but {len(global_num_tokens)} token counts")
+        start = time.perf_counter()
+        updates = [
+            self.policy.sft_step(self._micro_batches(shard), int(n))
+            for shard, n in zip(minibatches, global_num_tokens, strict=True)
+        ]
+        metrics = _average(updates)
+        metrics["num_tokens"] = float(sum(num_completion_tokens(shard) for shard in minibatches))
+        metrics["train_s"] = time.perf_counter() - start
+        return metrics
+
     def _prepare(self, shard: Sequence[TrainRollout]) -> list[MicroBatch]:
         """The shard's micro-batches with old (and reference) logprobs of the current weights."""
+        return [self._with_logprobs(batch) for batch in self._micro_batches(shard)]
+
+    def _micro_batches(self, shard: Sequence[TrainRollout]) -> list[MicroBatch]:
+        """The shard in `micro_batches_per_step` collated parts."""
         parts = split(shard, self.micro_batches_per_step)
-        return [self._with_logprobs(collate(part, self.processor, self.image_loader)) for part in parts]
+        return [collate(part, self.processor, self.image_loader) for part in parts]
 
     def _with_logprobs(self, batch: MicroBatch) -> MicroBatch:
         old = self.policy.logprobs(batch)  # [N, T]
