@@ -5,4 +5,4 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-exec .venv/bin/emo-r3 train --config configs/cpu_default.yaml cluster.iterations=4 "$@"
+exec .venv/bin/emo-r3 train --config configs/cpu_default.yaml cluster.iterations=4 cluster.eval_limit=32 "$@"

@@ -96,3 +96,11 @@ def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(path)
+
+
+def test_readme_documents_every_config_field():
+    from cluster.config import reference_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [row.split("`")[1] for row in reference_markdown().splitlines()[2:] if row not in readme]
+    assert not missing, f"README config table is stale for {missing}: paste `emo-r3 config reference`"
