@@ -44,13 +44,16 @@ class SftConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     samples: int = Field(
-        64,
+        16,
         ge=1,
-        description="training samples with a reference response used (few: RL must have something left to learn)",
+        description="training samples with a reference response, balanced over the labels (few: RL must have "
+        "something left to learn)",
     )
-    epochs: int = Field(3, ge=1, description="passes over the examples (reshuffled every epoch)")
+    epochs: int = Field(
+        30, ge=1, description="passes over the examples, reshuffled each (the tiny model needs ~60 updates)"
+    )
     lr: float = Field(
-        5e-4, gt=0, description="AdamW learning rate of the cold start (5e-4 suits the tiny model)"
+        1e-3, gt=0, description="AdamW learning rate of the cold start (1e-3 suits the tiny model)"
     )
     batch_size: int = Field(
         16,

@@ -10,8 +10,9 @@ after it: the target text + `<|im_end|>`. Tasks:
 - consistency: image + consistency_prompt(consistency_span(response)) → "yes"; the span of a sample
   with a different gold label with this image → "no".
 
-The two reflection tasks teach the small policy to act as its own judge (METHOD.md §3). Examples
-become TrainRollouts (sampler logprobs 0, advantage 0), so `learner.batch.collate` batches them.
+The two reflection tasks teach the small policy to act as its own judge (METHOD.md §3). The few
+samples are dealt over the gold labels (`balanced_subset`), so every label is seen. Examples become
+TrainRollouts (sampler logprobs 0, advantage 0), so `learner.batch.collate` batches them.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def reference_nll(model_path, processor, rollouts, loader):
     loss, _ = nll_loss(token_logprobs(logits, batch.completion_ids), batch.mask, batch.num_tokens)
     loss.backward()
     norm = sum(float(p.grad.double().square().sum()) for p in model.parameters() if p.grad is not None)
-    return float(loss), norm**0.5
+    return loss.item(), norm**0.5
 
 
 @pytest.mark.slow
