@@ -6,6 +6,7 @@ past its deadline a wait raises `DeadlineExceeded` naming what did not answer.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 class DeadlineExceeded(TimeoutError):
     pass
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (the learner ranks' rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_all(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:

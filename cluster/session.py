@@ -9,7 +9,6 @@ Leaving the block kills every actor and releases the placement group, also on er
 
 from __future__ import annotations
 
-import socket
 from functools import partial
 
 import ray
@@ -21,7 +20,7 @@ from cluster.data.images import load_image
 from cluster.datasets import image_policy
 from cluster.launch import start_ray, worker_env
 from cluster.models import resolve_model
-from cluster.pools import Placement, Role, wait_all
+from cluster.pools import Placement, Role, free_port, wait_all
 from cluster.sample import engine_settings, reward_rules, rollout_sampling
 from cluster.transport import make_transport
 from cluster.workers import LearnerGroup, Receivers, RewardPool, RolloutPool
@@ -45,11 +44,6 @@ def judge_settings(cfg: RunConfig, model_path: str) -> EngineSettings:
     base = engine_settings(cfg, path)
     return EngineSettings(**{**base.__dict__, "kv_cache_mib": j.kv_cache_mib, "seed": cfg.cluster.seed + 1})
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TrainingCluster:
@@ -82,7 +76,7 @@ class TrainingCluster:
         cfg = self.cfg
         mini_batch = cfg.cluster.prompts_per_iteration // cfg.learner.updates_per_iteration * cfg.rollout.group_size
         steps = micro_batches_per_step(mini_batch, cfg.learner.num_ranks, cfg.learner.micro_batch_size)
-        port, world = _free_port(), cfg.learner.num_ranks
+        port, world = free_port(), cfg.learner.num_ranks
         return self.placement.spawn(
             "learner", LearnerRank,
             [(model_path, cfg.learner, rank, world, "127.0.0.1", port, steps, loader, reference_path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from cluster.data.images import load_image
 from cluster.data.sample import Sample
 from cluster.datasets import image_policy, load_samples
 from cluster.models import resolve_model
-from cluster.pools import Placement, Role, wait_all
+from cluster.pools import Placement, Role, free_port, wait_all
 from cluster.rundir import run_dir
 from learner.batch import TrainRollout, micro_batches_per_step, num_completion_tokens
 from learner.config import LearnerConfig
@@ -159,7 +158,7 @@ def learner_ranks(
         "learner", learner_cfg.num_ranks, learner_cfg.num_cpus_per_rank, learner_cfg.num_gpus_per_rank
     )
     placement = Placement([role], cfg.cluster.startup_timeout_s, worker_env(cfg, on_gpu))
-    port, world = _free_port(), learner_cfg.num_ranks
+    port, world = free_port(), learner_cfg.num_ranks
     args = [
         (model_path, learner_cfg, rank, world, LOOPBACK, port, micro_batches, loader) for rank in range(world)
     ]
@@ -197,8 +196,3 @@ def _write_history(out: Path, history: list[dict[str, float]]) -> None:
         "".join(json.dumps({"step": i} | h) + "\n" for i, h in enumerate(history))
     )
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
