@@ -102,6 +102,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return run_pipeline(load_config(args.config, args.overrides))
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cluster.compare import run_compare
+
+    return run_compare(args.config, args.overrides, args.methods, args.seeds, args.name)
+
+
 def cmd_bench_loop(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -135,7 +141,7 @@ def _add_data_commands(sub) -> None:
     synth.add_argument("--n-train", type=int, default=512)
     synth.add_argument("--n-test", type=int, default=256)
     synth.add_argument("--size", type=int, default=112)
-    synth.add_argument("--ambiguity", type=float, default=0.25)
+    synth.add_argument("--ambiguity", type=float, default=1.0)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
     model = sub.add_parser("model", help="models").add_subparsers(dest="action", required=True)
@@ -189,6 +195,17 @@ def _add_eval_command(sub) -> None:
     ev.set_defaults(func=cmd_eval)
 
 
+def _add_compare_command(sub) -> None:
+    from cluster.compare import METHODS
+
+    cmp = sub.add_parser("compare", help="GRPO vs SET vs SET + RER, same budget, several seeds: mean ± std table")
+    _add_config_args(cmp)
+    cmp.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="methods to run")
+    cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (cluster.seed and sft.seed)")
+    cmp.add_argument("--name", default="compare", help="folder under cluster.output_dir; reruns reuse finished runs")
+    cmp.set_defaults(func=cmd_compare)
+
+
 def _add_bench_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(dest="action", required=True)
     loop = bench.add_parser("loop", help="stage times, worker vs raw vLLM, reflection cost, weight push vs engines")
@@ -202,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emo-r3", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_config_commands, _add_data_commands, _add_score_command, _add_job_commands,
-                _add_eval_command, _add_bench_commands):  # fmt: skip
+                _add_eval_command, _add_compare_command, _add_bench_commands):  # fmt: skip
         add(sub)
     return parser
 

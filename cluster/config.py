@@ -41,7 +41,10 @@ class SyntheticConfig(BaseModel):
     n_train: int = Field(512, ge=8, description="training images per style")
     n_test: int = Field(256, ge=8, description="held-out images per style")
     size: int = Field(112, ge=56, description="image side in pixels")
-    ambiguity: float = Field(0.25, ge=0, le=1, description="share of images with cues swapped to a confusable label")
+    ambiguity: float = Field(
+        1.0, ge=0, le=1,
+        description="share of images with 1-2 of 5 cues borrowed from a confusable label (1.0: every image mixed, the label is the majority of its cues; lower values leave the cold start little to gain)",
+    )  # fmt: skip
     seed: int = Field(0, description="generator seed")
 
 
@@ -124,8 +127,8 @@ class ClusterConfig(BaseModel):
     output_dir: str = Field("runs", description="run directories are created under it")
     run_name: str | None = Field(None, description="run directory name; default: a timestamp")
     checkpoint_every: int = Field(10, ge=0, description="iterations between checkpoints (0: only at the end)")
-    eval_every: int = Field(5, ge=0, description="iterations between held-out evaluations (0: off)")
-    eval_limit: int = Field(128, ge=1, description="held-out samples per data.eval source in in-training evaluation")
+    eval_every: int = Field(10, ge=0, description="iterations between held-out evaluations (0: off)")
+    eval_limit: int = Field(256, ge=1, description="held-out samples per data.eval source in in-training evaluation")
     eval_greedy: bool = Field(False, description="in-training evaluation greedy instead of temperature 0.6 / top_p 0.95")
     dump_rollouts: int = Field(8, ge=0, description="rollouts per iteration written to rollouts.jsonl")
     weight_transport: Literal["object_store"] = Field(

@@ -9,6 +9,9 @@ from cluster.paths import cache_dir
 TINY = "tiny"
 CORPUS_SIZE = 2000  # reference responses per style the tiny tokenizer is trained on
 CORPUS_SEED = 1234  # distinct from the data seeds: the tokenizer does not depend on the data split
+PRETRAIN_IMAGES = 512  # caption-pretraining images per style (cluster.pretrain)
+PRETRAIN_SEED = 4321  # their generator seed: none of them is a train or test image of a run
+PRETRAIN_AMBIGUITY = 1.0  # every scene mixes two labels' cues: the most varied cue combinations
 
 
 def tiny_corpus() -> list[str]:
@@ -24,4 +27,24 @@ def resolve_model(path: str) -> str:
         return path
     from cluster.tiny_model import ensure_tiny_model
 
-    return os.fspath(ensure_tiny_model(cache_dir() / "models", tiny_corpus()))
+    return os.fspath(ensure_tiny_model(cache_dir() / "models", tiny_corpus(), captions=tiny_captions()))
+
+
+def tiny_captions() -> list[tuple[str, str]]:
+    """(image, description) pairs of the caption pretraining: PRETRAIN_IMAGES synthetic images per
+    style (generated into the cache once) and step 1 of their reference reasoning, without tags."""
+    import json
+    import re
+
+    from cluster.data.synthetic import generate
+
+    step1 = re.compile(r"<step1>(.*?)</step1>", re.S)
+    pairs = []
+    for style in ("emoset", "emotion6"):
+        root = cache_dir() / "data" / f"pretrain-{style}"
+        train, _ = generate(root, style=style, n_train=PRETRAIN_IMAGES, n_test=0, seed=PRETRAIN_SEED,
+                            ambiguity=PRETRAIN_AMBIGUITY)  # fmt: skip
+        for line in train.read_text().splitlines():
+            row = json.loads(line)
+            pairs.append((os.fspath(root / row["images"][0]), step1.search(row["response"]).group(1)))
+    return pairs

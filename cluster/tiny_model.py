@@ -34,7 +34,7 @@ from rewards.prompts import (
 )
 
 # Bump when the build code changes what lands on disk: cached folders are keyed by it.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SPECIAL_TOKENS = (
@@ -42,6 +42,8 @@ SPECIAL_TOKENS = (
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )  # fmt: skip
+CAPTION_PROMPT = "Describe the image."  # the user text of caption pretraining (cluster.pretrain)
+PRETRAIN_LOG = "pretrain_metrics.jsonl"
 # Reasoning tags: whole tokens, but not special, so decode(skip_special_tokens=True) keeps them.
 TAG_TOKENS = ("<step1>", "</step1>", "<step2>", "</step2>", "<step3>", "</step3>", "<think>", "</think>")
 # Head sizes vLLM's CPU attention supports (docs/STACK.md §3).
@@ -116,26 +118,54 @@ class TinyModelSpec:
             raise ValueError(f"invalid TinyModelSpec {self}: needs " + "; ".join(broken))
 
 
-def model_digest(corpus: Sequence[str], spec: TinyModelSpec) -> str:
+Caption = tuple[str, str]  # (image path, its description)
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Caption pretraining of the tiny model (cluster.pretrain): plain AdamW, token-mean NLL."""
+
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def model_digest(
+    corpus: Sequence[str], spec: TinyModelSpec, captions: Sequence[Caption] = (), pretrain: PretrainSpec | None = None
+) -> str:
     """Short hash of everything that decides the built folder's content."""
-    key = json.dumps({"build": BUILD_VERSION, "spec": asdict(spec), "corpus": list(corpus)})
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    key = {"build": BUILD_VERSION, "spec": asdict(spec), "corpus": list(corpus)}
+    if captions:
+        key |= {"captions": [[os.path.basename(image), text] for image, text in captions],
+                "pretrain": asdict(pretrain or PretrainSpec())}  # fmt: skip
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
 
-def ensure_tiny_model(cache_dir: Path, corpus: Sequence[str], spec: TinyModelSpec = TinyModelSpec()) -> Path:
-    """The folder of the tiny model for (spec, corpus) under cache_dir, built only if missing.
+def ensure_tiny_model(
+    cache_dir: Path,
+    corpus: Sequence[str],
+    spec: TinyModelSpec = TinyModelSpec(),
+    captions: Sequence[Caption] = (),
+    pretrain: PretrainSpec | None = None,
+) -> Path:
+    """The folder of the tiny model for (spec, corpus, captions) under cache_dir, built only if missing.
 
-    Builds into a temporary sibling and renames it into place, so a reader never sees a partial
-    folder and two racing processes both end up with the same complete one.
+    With `captions` ((image path, description) pairs) the build ends with caption pretraining
+    (cluster.pretrain); without, the weights stay at their random initialisation (fast, for tests
+    of the plumbing). Builds into a temporary sibling and renames it into place, so a reader never
+    sees a partial folder and two racing processes both end up with the same complete one.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / f"tiny-qwen2_5_vl-{model_digest(corpus, spec)}"
+    final = cache_dir / f"tiny-qwen2_5_vl-{model_digest(corpus, spec, captions, pretrain)}"
     if final.is_dir():
         return final
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
     try:
-        build_tiny_model(tmp, corpus, spec)
+        build_tiny_model(tmp, corpus, spec, captions, pretrain)
         tmp.chmod(0o755)
         try:
             os.rename(tmp, final)
@@ -147,8 +177,15 @@ def ensure_tiny_model(cache_dir: Path, corpus: Sequence[str], spec: TinyModelSpe
     return final
 
 
-def build_tiny_model(out_dir: Path, corpus: Sequence[str], spec: TinyModelSpec = TinyModelSpec()) -> None:
-    """Write model (safetensors), tokenizer, processor, chat template and generation config to out_dir."""
+def build_tiny_model(
+    out_dir: Path,
+    corpus: Sequence[str],
+    spec: TinyModelSpec = TinyModelSpec(),
+    captions: Sequence[Caption] = (),
+    pretrain: PretrainSpec | None = None,
+) -> None:
+    """Write model (safetensors), tokenizer, processor, chat template and generation config to out_dir;
+    with `captions`, the weights are caption-pretrained first (cluster.pretrain)."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -156,7 +193,13 @@ def build_tiny_model(out_dir: Path, corpus: Sequence[str], spec: TinyModelSpec =
     config = _model_config(tokenizer, spec)
     with torch.random.fork_rng(devices=[]):  # deterministic weights, caller's RNG untouched
         torch.manual_seed(spec.seed)
-        model = Qwen2_5_VLForConditionalGeneration(config).to(getattr(torch, spec.dtype))
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        if captions:
+            from cluster.pretrain import caption_pretrain
+
+            history = caption_pretrain(model, _processor(tokenizer, spec), captions, pretrain or PretrainSpec())
+            (Path(out_dir) / PRETRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
+        model = model.to(getattr(torch, spec.dtype))
     ids = tokenizer.convert_tokens_to_ids
     model.generation_config = GenerationConfig(
         bos_token_id=ids("<|endoftext|>"),
@@ -198,7 +241,7 @@ def train_tokenizer(corpus: Sequence[str], spec: TinyModelSpec = TinyModelSpec()
 
 def prompt_texts() -> list[str]:
     """Every fixed text the policy reads or writes besides the corpus (rewards/prompts.py + chat)."""
-    texts = [SET_INSTRUCTION, GRPO_INSTRUCTION, NO_SPAN_PROMPT, DEFAULT_SYSTEM_PROMPT]
+    texts = [SET_INSTRUCTION, GRPO_INSTRUCTION, NO_SPAN_PROMPT, DEFAULT_SYSTEM_PROMPT, CAPTION_PROMPT]
     for labels in LABEL_SETS.values():
         question = build_question(labels)
         texts += [build_user_text(question, "set"), build_user_text(question, "grpo")]

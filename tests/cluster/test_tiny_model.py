@@ -190,3 +190,40 @@ def test_vllm_generates_with_images_and_its_logprobs_match_hf(model_dir, process
         )
         hf_logprobs = hf_completion_logprobs(hf_model, batch, list(sample.token_ids))
         assert torch.allclose(sampler_logprobs, hf_logprobs, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory):
+    """Eight solid-colour images, each described by its colour (a task a few updates can learn)."""
+    folder = tmp_path_factory.mktemp("captions")
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (240, 230, 40)}
+    pairs = []
+    for i, (name, rgb) in enumerate(list(colours.items()) * 2):
+        path = folder / f"{i}.png"
+        solid_image(rgb).save(path)
+        pairs.append((str(path), f"the image shows a {name} sky."))
+    return pairs
+
+
+def test_caption_pretraining_lowers_the_loss_and_is_part_of_the_build(captions, tmp_path, model_dir):
+    import json
+
+    from cluster.tiny_model import PRETRAIN_LOG, PretrainSpec
+
+    spec = PretrainSpec(epochs=6, batch_size=8, lr=3e-3)
+    built = ensure_tiny_model(tmp_path, CORPUS, captions=captions, pretrain=spec)
+    history = [json.loads(line) for line in (built / PRETRAIN_LOG).read_text().splitlines()]
+    assert len(history) == 6  # 8 captions, batch 8: one update per epoch
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert built.name != model_dir.name  # pretrained and random builds are different folders
+    assert model_digest(CORPUS, TinyModelSpec(), captions, spec) != model_digest(
+        CORPUS, TinyModelSpec(), captions, PretrainSpec(epochs=1)
+    )
+    assert model_digest(CORPUS, TinyModelSpec(), captions[:4], spec) != model_digest(CORPUS, TinyModelSpec(), captions, spec)
+    # the pretrained weights differ from the random initialisation, and still load
+    from transformers import AutoModelForImageTextToText
+
+    trained = AutoModelForImageTextToText.from_pretrained(built, dtype=torch.float32)
+    random_init = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    name, weight = next(iter(trained.state_dict().items()))
+    assert not torch.equal(weight, random_init.state_dict()[name])

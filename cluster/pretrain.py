@@ -1,0 +1,62 @@
+"""Caption pretraining of the embedded tiny model: what a hub VLM brings to EMO-R3 before any emotion data.
+
+A real policy (Qwen2.5-VL) can already see and describe an image; the cold-start SFT and RL teach it
+the affective reasoning on top. A randomly initialised tiny model can do neither, and if its whole
+perception had to come from the cold start's few samples, RL, whose only signal is one scalar per
+rollout, would have to learn to see. Measured on the embedded task (README, "Calibrating the embedded
+default"): from a random initialisation 12 RL iterations moved held-out accuracy by +3 to +4 points;
+from this pretraining, +14 points in 6 iterations.
+
+So the tiny build ends with a short captioning stage: synthetic images of both styles drawn with
+their own seed (`cluster.models.PRETRAIN_SEED`: none is an image of the runs' train or test splits),
+the user text "Describe the image." and as target the scene description alone (step 1 of the
+reference reasoning: which sky, ground, face, object and accent are visible, never an emotion label).
+Plain torch AdamW in the building process, seeded, token-mean NLL of the description tokens.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from cluster.tiny_model import CAPTION_PROMPT, Caption, PretrainSpec
+from learner.batch import collate, completion_logits
+from learner.grpo import token_logprobs
+from learner.sft import ANSWER, ExampleText, encode, epoch_minibatches, nll_loss
+
+
+def caption_pretrain(
+    model: Any, processor: Any, captions: Sequence[Caption], spec: PretrainSpec
+) -> list[dict]:
+    """Train `model` in place on `captions`; returns the loss of every update."""
+    from cluster.data.images import load_image
+
+    examples = [
+        encode(ExampleText(ANSWER, CAPTION_PROMPT, image, text), processor, load_image)
+        for image, text in captions
+    ]
+    rollouts = [example.rollout(i) for i, example in enumerate(examples)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    rng = random.Random(spec.seed)
+    model.train()
+    history: list[dict] = []
+    start = time.perf_counter()
+    for epoch in range(spec.epochs):
+        for minibatch in epoch_minibatches(rollouts, spec.batch_size, rng):
+            batch = collate(minibatch, processor, load_image)
+            logits = completion_logits(model(**batch.model_inputs()).logits, batch)
+            loss, _ = nll_loss(token_logprobs(logits, batch.completion_ids), batch.mask, batch.num_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            optimizer.step()
+            history.append({"update": len(history), "epoch": epoch, "loss": float(loss.detach())})
+        losses = [h["loss"] for h in history if h["epoch"] == epoch]
+        print(f"tiny model caption pretraining: epoch {epoch + 1}/{spec.epochs}, loss {sum(losses) / len(losses):.4f}, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+    model.eval()
+    return history
