@@ -89,8 +89,11 @@ def read_result(cfg: RunConfig, method: Method, seed: int, seconds: float) -> Ru
     evals = eval_records(
         [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     )
-    keep = lambda r: {k: v for k, v in r.items() if k.startswith("eval/")}  # noqa: E731
-    return RunResult(method.slug, seed, str(run), True, keep(evals[0]), keep(evals[-1]), seconds)
+    return RunResult(method.slug, seed, str(run), True, _eval_only(evals[0]), _eval_only(evals[-1]), seconds)
+
+
+def _eval_only(record: dict) -> dict[str, float]:
+    return {k: v for k, v in record.items() if k.startswith("eval/")}
 
 
 def run_compare(

@@ -41,6 +41,7 @@ def fake_pipeline(accuracy: dict[tuple[str, int], float], fail: set[tuple[str, i
 def test_method_configs_follow_the_paper_ablation(tmp_path):
     grpo = run_config(None, [], METHODS["grpo"], 1, tmp_path)
     assert (grpo.data.prompt_style, grpo.reward.total, grpo.reward.reflection) == ("grpo", "grpo", False)
+    assert grpo.sft.epochs == 45  # no reflection tasks: as many answer examples as the SET cold start
     set_only = run_config(None, [], METHODS["set"], 1, tmp_path)
     assert (set_only.data.prompt_style, set_only.reward.reflection) == ("set", False)
     emo = run_config(None, ["cluster.iterations=3"], METHODS["emo-r3"], 2, tmp_path)
@@ -49,13 +50,11 @@ def test_method_configs_follow_the_paper_ablation(tmp_path):
     # SET and EMO-R3 share one cold-start checkpoint per seed; GRPO has its own (<think> form)
     assert run_config(None, [], METHODS["set"], 2, tmp_path).sft.output == emo.sft.output
     assert grpo.sft.output != set_only.sft.output
+
     # same budget for every method
-    budget = lambda c: (
-        c.cluster.iterations,
-        c.cluster.prompts_per_iteration,
-        c.rollout.group_size,
-        c.learner.lr,
-    )  # noqa: E731
+    def budget(c: RunConfig) -> tuple:
+        return c.cluster.iterations, c.cluster.prompts_per_iteration, c.rollout.group_size, c.learner.lr
+
     assert budget(grpo) == budget(set_only) == budget(run_config(None, [], METHODS["emo-r3"], 1, tmp_path))
 
 
