@@ -75,25 +75,29 @@ def run_config(
     return load_config(base, [*overrides, *own])
 
 
+def _run_path(cfg: RunConfig) -> Path:
+    return Path(cfg.cluster.output_dir) / str(cfg.cluster.run_name)
+
+
+def _evaluations(cfg: RunConfig) -> list[dict]:
+    """The run's held-out evaluation records, in order (none if it has no metrics yet)."""
+    path = _run_path(cfg) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return eval_records([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
 def finished(cfg: RunConfig) -> bool:
     """The run's last held-out evaluation is of the final policy version."""
-    path = Path(cfg.cluster.output_dir) / str(cfg.cluster.run_name) / "metrics.jsonl"
-    if not path.is_file():
-        return False
-    evals = eval_records([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    evals = _evaluations(cfg)
     return bool(evals) and int(evals[-1]["eval/policy_version"]) == cfg.cluster.iterations
 
 
 def read_result(cfg: RunConfig, method: Method, seed: int, seconds: float) -> RunResult:
-    run = Path(cfg.cluster.output_dir) / str(cfg.cluster.run_name)
-    evals = eval_records(
-        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    )
-    return RunResult(method.slug, seed, str(run), True, _eval_only(evals[0]), _eval_only(evals[-1]), seconds)
-
-
-def _eval_only(record: dict) -> dict[str, float]:
-    return {k: v for k, v in record.items() if k.startswith("eval/")}
+    """A finished run's first (after the cold start) and last (after RL) held-out evaluation."""
+    evals = _evaluations(cfg)
+    first, last = ({k: v for k, v in r.items() if k.startswith("eval/")} for r in (evals[0], evals[-1]))
+    return RunResult(method.slug, seed, str(_run_path(cfg)), True, first, last, seconds)
 
 
 def run_compare(
@@ -127,9 +131,9 @@ def run_compare(
 def _run_one(cfg: RunConfig, method: Method, seed: int, pipeline: Callable[[RunConfig], int]) -> RunResult:
     label = f"{method.name}, seed {seed}"
     if finished(cfg):
-        print(f"== {label}: finished earlier, reusing {cfg.cluster.output_dir}/{cfg.cluster.run_name}")
+        print(f"== {label}: finished earlier, reusing {_run_path(cfg)}")
         return read_result(cfg, method, seed, 0.0)
-    print(f"== {label}: {cfg.cluster.output_dir}/{cfg.cluster.run_name}")
+    print(f"== {label}: {_run_path(cfg)}")
     start = time.perf_counter()
     try:
         status = pipeline(cfg)
@@ -142,8 +146,7 @@ def _run_one(cfg: RunConfig, method: Method, seed: int, pipeline: Callable[[RunC
     seconds = time.perf_counter() - start
     if error:
         print(f"== {label}: FAILED ({error})")
-        return RunResult(method.slug, seed, f"{cfg.cluster.output_dir}/{cfg.cluster.run_name}", False,
-                         seconds=seconds, error=error)  # fmt: skip
+        return RunResult(method.slug, seed, str(_run_path(cfg)), False, seconds=seconds, error=error)
     print(f"== {label}: done in {seconds:.0f} s")
     return read_result(cfg, method, seed, seconds)
 
