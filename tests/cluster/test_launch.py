@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +42,9 @@ def test_a_remote_cluster_is_allowed_with_token_auth_or_an_explicit_opt_out(monk
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     check_address_is_safe(load_config(None, ["cluster.ray_address=10.0.0.5:6379"]))
     monkeypatch.delenv("RAY_AUTH_MODE")
-    check_address_is_safe(load_config(None, ["cluster.ray_address=10.0.0.5:6379", "cluster.allow_insecure_remote=true"]))
+    check_address_is_safe(
+        load_config(None, ["cluster.ray_address=10.0.0.5:6379", "cluster.allow_insecure_remote=true"])
+    )
 
 
 def test_train_refuses_an_unsafe_address_before_starting_anything():
@@ -69,10 +74,16 @@ def _ray_env() -> dict[str, str]:
 def test_ray_job_submit_runs_a_two_iteration_training_job(tmp_path):
     port, dashboard = _free_port(), _free_port()
     env = _ray_env()
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
+    temp_dir = Path(
+        tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    )  # short: Ray's socket paths must fit 107 chars
+    # Every listener on its own free port: the agents' fixed defaults (52365, ...) collide with any
+    # other Ray on the machine (a user's run), and the job agent then never comes up.
+    agents = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "metrics-export-port", "runtime-env-agent-port")]  # fmt: skip
     start = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", "--include-dashboard=true",
-             "--disable-usage-stats", f"--temp-dir={temp_dir}"]  # fmt: skip
+             "--disable-usage-stats", f"--temp-dir={temp_dir}", *agents]  # fmt: skip
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
     try:
         runtime_env = {"excludes": [".venv/", ".cache/", "runs/", ".git/", "__pycache__/"],
@@ -84,11 +95,45 @@ def test_ray_job_submit_runs_a_two_iteration_training_job(tmp_path):
             "rollout.group_size=4", "rollout.max_new_tokens=16", "cluster.eval_every=0", "cluster.run_name=job",
             f"cluster.output_dir={tmp_path / 'runs'}", "learner.micro_batch_size=4",
         ]  # fmt: skip
-        proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+        proc = _submit_when_the_agent_is_up(submit, env)
         assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
         assert "succeeded" in proc.stdout.lower(), proc.stdout[-2000:]
         lines = (tmp_path / "runs" / "job" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["policy_version"] for line in lines] == [1, 2]
     finally:
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_ray_under(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+AGENT_NOT_READY = "No available agent to submit job"
+
+
+def _submit_when_the_agent_is_up(
+    submit: list[str], env: dict[str, str], deadline_s: float = 180
+) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the head's job agent is still starting (a loaded machine can
+    need tens of seconds after `ray start` returns before it accepts jobs)."""
+    give_up = time.monotonic() + deadline_s
+    while True:
+        proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+        if AGENT_NOT_READY not in proc.stderr + proc.stdout or time.monotonic() > give_up:
+            return proc
+        time.sleep(3)
+
+
+def _stop_ray_under(temp_dir: Path) -> None:
+    """Kill the processes of the Ray head started with `temp_dir`, and only those: `ray stop` would
+    also stop every other Ray on the machine (a user's training run, another test session)."""
+    mine = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and str(temp_dir) in cmdline:
+            mine.append(int(proc.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        time.sleep(2)
