@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cluster.config import RunConfig, load_config
+from cluster.metrics import read_metrics
 from cluster.pipeline import datasets, eval_records
 
 
@@ -82,10 +83,7 @@ def _run_path(cfg: RunConfig) -> Path:
 
 def _evaluations(cfg: RunConfig) -> list[dict]:
     """The run's held-out evaluation records, in order (none if it has no metrics yet)."""
-    path = _run_path(cfg) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return eval_records([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    return eval_records(read_metrics(_run_path(cfg)))
 
 
 def finished(cfg: RunConfig) -> bool:

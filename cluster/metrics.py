@@ -8,8 +8,12 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cluster.rollouts import IterationRollouts
+if TYPE_CHECKING:  # ray-free at import: `emo-r3 compare` reads metrics without starting anything
+    from cluster.rollouts import IterationRollouts
+
+METRICS_FILE = "metrics.jsonl"
 
 COMPONENTS = ("accuracy", "format", "coherence", "consistency", "score")
 
@@ -53,7 +57,7 @@ class MetricsLog:
     """metrics.jsonl (always) + TensorBoard (optional); appends, so a resumed run keeps its history."""
 
     def __init__(self, run_dir: Path, tensorboard: bool):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -72,3 +76,11 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of a run's metrics.jsonl, in order (none if the run has not logged yet)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cluster.config import RunConfig
+from cluster.metrics import read_metrics
 from cluster.rundir import run_dir
 
 RATES = ("accuracy", "format_rate", "parse_failure_rate")
@@ -22,7 +22,7 @@ CURVE_REWARDS = ("accuracy", "format", "coherence", "consistency", "score")
 
 def run_pipeline(cfg: RunConfig) -> int:
     from cluster.sft import run_sft
-    from cluster.train import run_train
+    from cluster.train import CHECKPOINTS, run_train
 
     run = run_dir(cfg)
     cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"run_name": run.name})})
@@ -32,10 +32,10 @@ def run_pipeline(cfg: RunConfig) -> int:
         if status:
             return status
     rl = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(sft_out)})})
-    status = run_train(rl, resume=(run / "checkpoints").is_dir())
+    status = run_train(rl, resume=(run / CHECKPOINTS).is_dir())
     if status:
         return status
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     print(before_after_table(records))
     plot_learning_curve(records, run / "learning_curve.png")
     print(f"learning curve: {run / 'learning_curve.png'}")
@@ -59,10 +59,11 @@ def before_after_table(records: list[dict]) -> str:
     v0, v1 = int(first["eval/policy_version"]), int(last["eval/policy_version"])
     lines = [f"| held-out set | accuracy v{v0} → v{v1} | format rate v{v0} → v{v1} | parse failures v{v0} → v{v1} |",
              "|---|---|---|---|"]  # fmt: skip
-    for name in datasets(first):
+    names = datasets(first)
+    for name in names:
         cells = [f"{100 * first[f'eval/{name}/{r}']:.1f} → {100 * last[f'eval/{name}/{r}']:.1f}" for r in RATES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    delta = 100 * (last[f"eval/{datasets(first)[0]}/accuracy"] - first[f"eval/{datasets(first)[0]}/accuracy"])
+    delta = 100 * (last[f"eval/{names[0]}/accuracy"] - first[f"eval/{names[0]}/accuracy"])
     lines.append(f"\nin-domain accuracy change over RL: {delta:+.1f} points (v{v0}: after cold-start SFT; v{v1}: after RL)")
     return "\n".join(lines)
 
