@@ -9,7 +9,7 @@ from cluster.paths import cache_dir
 TINY = "tiny"
 CORPUS_SIZE = 2000  # reference responses per style the tiny tokenizer is trained on
 CORPUS_SEED = 1234  # distinct from the data seeds: the tokenizer does not depend on the data split
-PRETRAIN_IMAGES = 512  # caption-pretraining images per style (cluster.pretrain)
+PRETRAIN_IMAGES = 1024  # caption-pretraining images per style (cluster.pretrain)
 PRETRAIN_SEED = 4321  # their generator seed: none of them is a train or test image of a run
 PRETRAIN_AMBIGUITY = 1.0  # every scene mixes two labels' cues: the most varied cue combinations
 

@@ -16,6 +16,7 @@ Plain torch AdamW in the building process, seeded, token-mean NLL of the descrip
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -41,6 +42,10 @@ def caption_pretrain(
     ]
     rollouts = [example.rollout(i) for i, example in enumerate(examples)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    total = spec.epochs * -(-len(rollouts) // spec.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: pretrain_lr_factor(step, total, spec.warmup_steps)
+    )
     rng = random.Random(spec.seed)
     model.train()
     history: list[dict] = []
@@ -53,10 +58,18 @@ def caption_pretrain(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            lr = schedule.get_last_lr()[0]
             optimizer.step()
-            history.append({"update": len(history), "epoch": epoch, "loss": float(loss.detach())})
+            schedule.step()
+            history.append({"update": len(history), "epoch": epoch, "loss": float(loss.detach()), "lr": lr})
         losses = [h["loss"] for h in history if h["epoch"] == epoch]
         print(f"tiny model caption pretraining: epoch {epoch + 1}/{spec.epochs}, loss {sum(losses) / len(losses):.4f}, "
               f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
     model.eval()
     return history
+
+
+def pretrain_lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """The lr multiplier of update `step` (0-based) of `total_steps`: linear warmup, then cosine to 0."""
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return warmup * 0.5 * (1 + math.cos(math.pi * step / total_steps))

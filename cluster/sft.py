@@ -76,13 +76,13 @@ def run_sft(cfg: RunConfig) -> int:
 
 
 def sft_learner_config(cfg: RunConfig) -> LearnerConfig:
-    """The learner section with the cold start's lr and no reference policy (no KL term)."""
+    """The learner section with the cold start's lr, constant (no warmup), and no reference policy (no KL term)."""
     ranks = cfg.learner.num_ranks
     if cfg.sft.batch_size % ranks:
         raise ConfigError(
             f"sft.batch_size={cfg.sft.batch_size} does not split evenly over learner.num_ranks={ranks}; make it a multiple"
         )
-    return cfg.learner.model_copy(update={"lr": cfg.sft.lr, "kl_coef": 0.0, "reference_placement": "none"})
+    return cfg.learner.model_copy(update={"lr": cfg.sft.lr, "warmup_steps": 0, "kl_coef": 0.0, "reference_placement": "none"})
 
 
 def target_column(cfg: RunConfig) -> str:

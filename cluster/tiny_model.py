@@ -123,11 +123,13 @@ Caption = tuple[str, str]  # (image path, its description)
 
 @dataclass(frozen=True)
 class PretrainSpec:
-    """Caption pretraining of the tiny model (cluster.pretrain): plain AdamW, token-mean NLL."""
+    """Caption pretraining of the tiny model (cluster.pretrain): plain AdamW, token-mean NLL, linear
+    warmup then cosine decay to 0 over all updates (cluster.pretrain.pretrain_lr_factor)."""
 
-    epochs: int = 2
+    epochs: int = 4
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
+    warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0

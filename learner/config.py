@@ -18,6 +18,12 @@ class LearnerConfig(BaseModel):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate (METHOD.md §4: 2e-6 for the 3B model)")
     weight_decay: float = Field(0.01, ge=0, description="METHOD.md §4: 0.01")
     grad_clip: float = Field(1.0, gt=0, description="METHOD.md §4: 1.0")
+    warmup_steps: int = Field(
+        10,
+        ge=0,
+        description="optimizer steps of linear lr warmup, restarted on --resume (DEPARTURE, release: none; at the "
+        "tiny model's lr, Adam's first steps move every weight by ±lr: KL 0.024 after one iteration, 0.001 with it)",
+    )
     updates_per_iteration: int = Field(2, ge=1, description="optimizer steps per iteration (METHOD.md §4: 2)")
     micro_batch_size: int = Field(8, ge=1, description="rollouts per forward/backward on one rank")
     clip_low: float = Field(0.2, ge=0, lt=1, description="ratio clip below 1 (METHOD.md §4: 0.2)")

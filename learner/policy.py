@@ -19,6 +19,7 @@ on every rank (else the vision tower's gathers do not pair up).
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 from collections.abc import Callable
@@ -60,6 +61,15 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, micro_batches_per_step
     }
 
 
+def warmup_factor(warmup_steps: int, step: int) -> float:
+    """The lr multiplier of optimizer step `step` (0-based): linear from 1/warmup_steps up to 1.
+
+    Adam's first updates move every weight by about ±lr whatever its gradient's size (m̂/√v̂ = ±1);
+    at the tiny model's lr that undoes much of the cold start in one iteration. No warmup: 1.
+    """
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
 class Policy:
     """The DeepSpeed engine of one rank (and the frozen reference when the KL term is on)."""
 
@@ -90,7 +100,10 @@ class Policy:
         self._hf_ds_config = _hf_deepspeed_config(self.ds_config) if cfg.zero_stage == 3 else None
         model = _load_model(model_path, DTYPES[cfg.dtype])
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(warmup_factor, cfg.warmup_steps))
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=warmup, config=self.ds_config
+        )
         self.engine.eval()
         # fp32 ZeRO-0 clips without keeping the norm: read it from the (rank-averaged) gradients.
         self._norm_before_step = cfg.zero_stage == 0 and cfg.dtype == "float32"
@@ -168,6 +181,7 @@ class Policy:
             )
         totals: dict[str, float] = {}
         norm = None
+        lr = float(self.engine.get_lr()[0])  # this update's (the scheduler steps after it)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             if self.engine.is_gradient_accumulation_boundary() != last:
@@ -177,6 +191,7 @@ class Policy:
                 norm = _grad_norm(self.engine.module)
             self.engine.step()  # applies the update at the boundary only
         totals["grad_norm"] = norm if norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
+        totals["lr"] = lr
         return totals
 
     def _backward(self, batch: MicroBatch, global_num_tokens: int, objective: Objective) -> dict[str, float]:

@@ -28,7 +28,7 @@ from learner.grpo import MAX_REDUCED_METRICS
 # count of its mini-batch: ranks' values sum to the mini-batch value).
 MAX_METRICS = MAX_REDUCED_METRICS | {"logprob_mismatch_max", "train_s"}
 TOKEN_WEIGHTED_METRICS = frozenset({"logprob_mismatch_mean", "prob_ratio_error"})  # weights: num_tokens
-SAME_ON_EVERY_RANK = frozenset({"grad_norm"})  # global already
+SAME_ON_EVERY_RANK = frozenset({"grad_norm", "lr"})  # global already
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -210,7 +210,7 @@ def combine_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, floa
     """The iteration's metrics from every rank's train_iteration result.
 
     Token means over the global count sum over ranks; maxima take the max; the mismatch means are
-    weighted by each rank's num_tokens; grad_norm (global already) is averaged.
+    weighted by each rank's num_tokens; grad_norm and lr (the same on every rank) are averaged.
     """
     tokens = [r.get("num_tokens", 0.0) for r in per_rank]
     total = sum(tokens) or 1.0

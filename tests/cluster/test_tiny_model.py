@@ -1,5 +1,6 @@
 """The embedded tiny policy: built offline, loadable by transformers and vLLM, and both agree."""
 
+import math
 import os
 
 # vLLM reads these at import: in-process engine (no spawned EngineCore), no CPU pinning.
@@ -210,11 +211,15 @@ def test_caption_pretraining_lowers_the_loss_and_is_part_of_the_build(captions, 
 
     from cluster.tiny_model import PRETRAIN_LOG, PretrainSpec
 
-    spec = PretrainSpec(epochs=6, batch_size=8, lr=3e-3)
+    spec = PretrainSpec(epochs=6, batch_size=8, lr=3e-3, warmup_steps=2)
     built = ensure_tiny_model(tmp_path, CORPUS, captions=captions, pretrain=spec)
     history = [json.loads(line) for line in (built / PRETRAIN_LOG).read_text().splitlines()]
     assert len(history) == 6  # 8 captions, batch 8: one update per epoch
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    # warmup over 2 updates, then cosine decay towards 0 at the end of the last epoch
+    cosine = [0.5 * (1 + math.cos(math.pi * step / 6)) for step in range(6)]
+    expected = [3e-3 * min(1.0, (step + 1) / 2) * cosine[step] for step in range(6)]
+    assert [h["lr"] for h in history] == pytest.approx(expected)
     assert built.name != model_dir.name  # pretrained and random builds are different folders
     assert model_digest(CORPUS, TinyModelSpec(), captions, spec) != model_digest(
         CORPUS, TinyModelSpec(), captions, PretrainSpec(epochs=1)

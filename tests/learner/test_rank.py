@@ -37,7 +37,7 @@ IMAGES = [((200, 30, 30), 112), ((30, 30, 200), 56), ((240, 200, 20), 84), ((20,
 LOOPBACK = "127.0.0.1"
 RPC_TIMEOUT_S = 300
 METRICS = {"loss", "pg_loss", "clip_fraction", "entropy", "grad_norm", "logprob_mismatch_mean"}
-METRICS |= {"logprob_mismatch_max", "prob_ratio_error", "num_tokens", "train_s"}
+METRICS |= {"logprob_mismatch_max", "prob_ratio_error", "num_tokens", "train_s", "lr"}
 
 
 def png(color, side):
@@ -141,7 +141,7 @@ def max_difference(a, b):
 
 def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(model_path, rollouts, ray_cluster):
     # Ranks always run in their own process (a Ray actor): torch.distributed is process-global.
-    cfg = LearnerConfig(zero_stage=2, weight_decay=0.0, kl_coef=0.0, micro_batch_size=4, lr=1e-3)
+    cfg = LearnerConfig(zero_stage=2, weight_decay=0.0, kl_coef=0.0, micro_batch_size=4, lr=1e-3, warmup_steps=4)
     (rank,) = spawn_ranks(ray_cluster, model_path, cfg, 1, 2)
     minibatch = rollouts[:8]
 
@@ -152,9 +152,13 @@ def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(m
     silent = [replace(r, advantage=0.0) for r in minibatch]
     metrics = call(rank.train_iteration, [silent], [num_completion_tokens(silent)])
     assert metrics["loss"] == 0.0 and metrics["grad_norm"] == 0.0
+    assert metrics["lr"] == pytest.approx(1e-3 / 4)  # warmup: update k of 4 runs at k/4 of lr
     assert max_difference(before, call(rank.weights)) == 0.0
     metrics = call(rank.train_iteration, [minibatch], [num_completion_tokens(minibatch)])
     after = call(rank.weights)
+    assert metrics["lr"] == pytest.approx(2e-3 / 4)
+    # Adam moves a weight by at most ~lr per step: the applied lr is the warmed-up one, not 1e-3
+    assert 1e-4 < max_difference(before, after) <= 2e-3 / 4 * 1.001
     ray_cluster.kill(rank)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("visual.") for k in changed), "the vision tower must train"
