@@ -118,6 +118,16 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_cues(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.cues import run
+
+    load_config(None, args.overrides)  # fail fast on a bad override
+    run(args.model, args.overrides, args.limit, Path(args.out) if args.out else None)
+    return 0
+
+
 def _add_config_commands(sub) -> None:
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config")
@@ -213,6 +223,12 @@ def _add_bench_commands(sub) -> None:
     loop.add_argument("--iterations", type=int, default=3, help="measured iterations per run (after one warm-up)")
     loop.add_argument("--out", help="also write the numbers as JSON here")
     loop.set_defaults(func=cmd_bench_loop)
+    cues = bench.add_parser("cues", help="teacher-forced cue recall: how well a model reads the synthetic scenes")
+    cues.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (data.synthetic.*)")
+    cues.add_argument("--model", nargs="+", default=["tiny"], help="model folders, or 'tiny' (default)")
+    cues.add_argument("--limit", type=int, default=128, help="test images per style (default 128)")
+    cues.add_argument("--out", help="also write the numbers as JSON here")
+    cues.set_defaults(func=cmd_bench_cues)
 
 
 def build_parser() -> argparse.ArgumentParser:

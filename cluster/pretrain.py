@@ -11,7 +11,9 @@ So the tiny build ends with a short captioning stage: synthetic images of both s
 their own seed (`cluster.models.PRETRAIN_SEED`: none is an image of the runs' train or test splits),
 the user text "Describe the image." and as target the scene description alone (step 1 of the
 reference reasoning: which sky, ground, face, object and accent are visible, never an emotion label).
-Plain torch AdamW in the building process, seeded, token-mean NLL of the description tokens.
+Plain torch AdamW in the building process, seeded, token-mean NLL of the description tokens, linear
+warmup then cosine decay (PretrainSpec). The decay matters: at the same 512 updates a constant lr left
+the model reading 82% of the held-out scene cues, the decayed one 91% (README, "The embedded tiny model").
 """
 
 from __future__ import annotations
