@@ -6,7 +6,10 @@ not can only guess. This measures the reading directly, teacher-forced: the mode
 prompt ("Describe the image.", cluster.tiny_model.CAPTION_PROMPT) and the reference description as
 the answer; a cue counts as read when every token of its phrase is the model's argmax given the
 correct prefix. One forward pass per batch, so it is quick and free of sampling noise; on the tiny
-model it tracks greedy generation closely (README, "The embedded tiny model").
+model it tracks greedy generation closely (README, "The embedded tiny model"). The same reading under
+the task's own prompt (the question with the SET instruction) is the perception the emotion answer
+can use: a model pretrained on the caption prompt alone read 92% of the cues under it and 20% under
+the SET prompt.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+PromptKind = Literal["caption", "set", "grpo"]
 
 STEP1 = re.compile(r"<step1>(.*?)</step1>", re.S)
 BATCH_SIZE = 32
@@ -32,17 +37,22 @@ def phrase_read(text: str, phrase: str, offsets: Sequence[tuple[int, int]], toke
     return all(ok for ok, (a, b) in zip(token_ok, offsets, strict=True) if a < end and b > start)
 
 
-def manifest_rows(path: Path, limit: int | None = None) -> list[tuple[str, str, dict[str, str]]]:
-    """(image path, scene description, {slot: cue name}) of the first `limit` rows of a synthetic manifest."""
+Row = tuple[str, str, dict[str, str], str]  # (image path, scene description, {slot: cue name}, question)
+
+
+def manifest_rows(path: Path, limit: int | None = None) -> list[Row]:
+    """The first `limit` rows of a synthetic manifest."""
     rows = []
     for line in path.read_text().splitlines()[:limit]:
         row = json.loads(line)
-        rows.append((str(path.parent / row["images"][0]), STEP1.search(row["response"]).group(1), row["cues"]))
+        description = STEP1.search(row["response"]).group(1)
+        rows.append((str(path.parent / row["images"][0]), description, row["cues"], row["problem"]))
     return rows
 
 
-def cue_recall(model: Any, processor: Any, rows: Sequence[tuple[str, str, dict[str, str]]]) -> dict[str, Any]:
-    """Per-slot share of cues read, the mean over slots, and the share of images read fully."""
+def cue_recall(model: Any, processor: Any, rows: Sequence[Row], prompt: PromptKind = "caption") -> dict[str, Any]:
+    """Per-slot share of cues read, the mean over slots, and the share of images read fully, with the
+    caption prompt or the row's question under the SET / GRPO instruction as the user text."""
     import torch
 
     from cluster.data.images import load_image
@@ -50,11 +60,15 @@ def cue_recall(model: Any, processor: Any, rows: Sequence[tuple[str, str, dict[s
     from cluster.tiny_model import CAPTION_PROMPT
     from learner.batch import collate, completion_logits
     from learner.sft import ANSWER, ExampleText, encode
+    from rewards.prompts import build_user_text
+
+    def user_text(question: str) -> str:
+        return CAPTION_PROMPT if prompt == "caption" else build_user_text(question, prompt)
 
     tokenizer = processor.tokenizer
     examples = [
-        encode(ExampleText(ANSWER, CAPTION_PROMPT, image, text), processor, load_image).rollout(i)
-        for i, (image, text, _) in enumerate(rows)
+        encode(ExampleText(ANSWER, user_text(question), image, text), processor, load_image).rollout(i)
+        for i, (image, text, _, question) in enumerate(rows)
     ]
     read: dict[str, int] = {}
     full = 0
@@ -62,7 +76,7 @@ def cue_recall(model: Any, processor: Any, rows: Sequence[tuple[str, str, dict[s
         for start in range(0, len(rows), BATCH_SIZE):
             batch = collate(examples[start : start + BATCH_SIZE], processor, load_image)
             predicted = completion_logits(model(**batch.model_inputs()).logits, batch).argmax(-1)  # [N, T]
-            for j, (_, text, cues) in enumerate(rows[start : start + BATCH_SIZE]):
+            for j, (_, text, cues, _) in enumerate(rows[start : start + BATCH_SIZE]):
                 encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 n = len(encoded["input_ids"])
                 token_ok = (predicted[j, :n] == batch.completion_ids[j, :n]).tolist()
@@ -97,12 +111,14 @@ def run(model_paths: Sequence[str], overrides: Sequence[str], limit: int, out: P
         model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32").eval()
         processor = load_processor(path)
         for source, rows in data.items():
-            results.append({"model": given, "source": source, **cue_recall(model, processor, rows)})
-    print("| model | data | cues read | images read fully | per slot |")
-    print("|---|---|---|---|---|")
+            for prompt in ("caption", "set"):
+                recall = cue_recall(model, processor, rows, prompt)
+                results.append({"model": given, "source": source, "prompt": prompt, **recall})
+    print("| model | data | prompt | cues read | images read fully | per slot |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         slots = ", ".join(f"{slot} {share:.1%}" for slot, share in r["slots"].items())
-        print(f"| {r['model']} | {r['source']} | {r['mean']:.1%} | {r['all_read']:.1%} | {slots} |")
+        print(f"| {r['model']} | {r['source']} | {r['prompt']} | {r['mean']:.1%} | {r['all_read']:.1%} | {slots} |")
     if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n")
     return results

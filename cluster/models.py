@@ -30,21 +30,29 @@ def resolve_model(path: str) -> str:
     return os.fspath(ensure_tiny_model(cache_dir() / "models", tiny_corpus(), captions=tiny_captions()))
 
 
-def tiny_captions() -> list[tuple[str, str]]:
-    """(image, description) pairs of the caption pretraining: PRETRAIN_IMAGES synthetic images per
-    style (generated into the cache once) and step 1 of their reference reasoning, without tags."""
+def tiny_captions() -> list[tuple[str, str, str]]:
+    """(image, user text, description) triples of the caption pretraining: PRETRAIN_IMAGES synthetic
+    images per style (generated into the cache once), as target step 1 of their reference reasoning
+    without tags, and as user text in turn "Describe the image.", the image's task question with the
+    SET instruction, and with the GRPO instruction: a hub VLM describes what it sees whatever the
+    instruction around the image, and a model pretrained on the caption prompt alone reads the scene
+    under it only (README, "The embedded tiny model")."""
     import json
     import re
 
     from cluster.data.synthetic import generate
+    from cluster.tiny_model import CAPTION_PROMPT
+    from rewards.prompts import build_user_text
 
     step1 = re.compile(r"<step1>(.*?)</step1>", re.S)
-    pairs = []
+    triples = []
     for style in ("emoset", "emotion6"):
         root = cache_dir() / "data" / f"pretrain-{style}"
         train, _ = generate(root, style=style, n_train=PRETRAIN_IMAGES, n_test=0, seed=PRETRAIN_SEED,
                             ambiguity=PRETRAIN_AMBIGUITY)  # fmt: skip
-        for line in train.read_text().splitlines():
+        for i, line in enumerate(train.read_text().splitlines()):
             row = json.loads(line)
-            pairs.append((os.fspath(root / row["images"][0]), step1.search(row["response"]).group(1)))
-    return pairs
+            prompts = (CAPTION_PROMPT, build_user_text(row["problem"], "set"), build_user_text(row["problem"], "grpo"))
+            description = step1.search(row["response"]).group(1)
+            triples.append((os.fspath(root / row["images"][0]), prompts[i % len(prompts)], description))
+    return triples

@@ -21,9 +21,11 @@ CURVE_REWARDS = ("accuracy", "format", "coherence", "consistency", "score")
 
 
 def run_pipeline(cfg: RunConfig) -> int:
+    from cluster.launch import check_address_is_safe
     from cluster.sft import run_sft
     from cluster.train import CHECKPOINTS, run_train
 
+    check_address_is_safe(cfg)  # before the run folder
     run = run_dir(cfg)
     cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"run_name": run.name})})
     sft_out = Path(cfg.sft.output or run / "sft")

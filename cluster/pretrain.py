@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cluster.tiny_model import CAPTION_PROMPT, Caption, PretrainSpec
+from cluster.tiny_model import Caption, PretrainSpec
 from learner.batch import collate, completion_logits
 from learner.grpo import token_logprobs
 from learner.sft import ANSWER, ExampleText, encode, epoch_minibatches, nll_loss
@@ -39,8 +39,7 @@ def caption_pretrain(
     from cluster.data.images import load_image
 
     examples = [
-        encode(ExampleText(ANSWER, CAPTION_PROMPT, image, text), processor, load_image)
-        for image, text in captions
+        encode(ExampleText(ANSWER, prompt, image, text), processor, load_image) for image, prompt, text in captions
     ]
     rollouts = [example.rollout(i) for i, example in enumerate(examples)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)

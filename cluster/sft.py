@@ -48,6 +48,9 @@ Step = tuple[list[list[TrainRollout]], int]
 
 def run_sft(cfg: RunConfig) -> int:
     """The whole job: samples → examples → epochs of updates → checkpoint. Prints its path."""
+    from cluster.launch import check_address_is_safe
+
+    check_address_is_safe(cfg)  # before the model build (minutes) and the data
     learner_cfg = sft_learner_config(cfg)
     micro_batches = micro_batches_per_step(
         cfg.sft.batch_size, learner_cfg.num_ranks, learner_cfg.micro_batch_size

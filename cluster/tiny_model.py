@@ -118,7 +118,7 @@ class TinyModelSpec:
             raise ValueError(f"invalid TinyModelSpec {self}: needs " + "; ".join(broken))
 
 
-Caption = tuple[str, str]  # (image path, its description)
+Caption = tuple[str, str, str]  # (image path, user text, the description the model should answer)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class PretrainSpec:
     """Caption pretraining of the tiny model (cluster.pretrain): plain AdamW, token-mean NLL, linear
     warmup then cosine decay to 0 over all updates (cluster.pretrain.pretrain_lr_factor)."""
 
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 20
@@ -141,7 +141,7 @@ def model_digest(
     """Short hash of everything that decides the built folder's content."""
     key = {"build": BUILD_VERSION, "spec": asdict(spec), "corpus": list(corpus)}
     if captions:
-        key |= {"captions": [[os.path.basename(image), text] for image, text in captions],
+        key |= {"captions": [[os.path.basename(image), prompt, text] for image, prompt, text in captions],
                 "pretrain": asdict(pretrain or PretrainSpec())}  # fmt: skip
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
@@ -155,7 +155,7 @@ def ensure_tiny_model(
 ) -> Path:
     """The folder of the tiny model for (spec, corpus, captions) under cache_dir, built only if missing.
 
-    With `captions` ((image path, description) pairs) the build ends with caption pretraining
+    With `captions` ((image path, user text, description) triples) the build ends with caption pretraining
     (cluster.pretrain); without, the weights stay at their random initialisation (fast, for tests
     of the plumbing). Builds into a temporary sibling and renames it into place, so a reader never
     sees a partial folder and two racing processes both end up with the same complete one.

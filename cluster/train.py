@@ -120,9 +120,11 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
+    from cluster.launch import check_address_is_safe
     from cluster.progress import Progress, summary_table
     from cluster.rundir import run_dir
 
+    check_address_is_safe(cfg)  # before the run folder, the model build (minutes) or the data
     run = run_dir(cfg)
     initial = resolve_model(cfg.model.path)
     train_set = load_samples(cfg.data.train, cfg.data)

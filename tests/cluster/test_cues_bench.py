@@ -6,7 +6,7 @@ import pytest
 from benchmarks.cues import cue_recall, manifest_rows, phrase_read
 from cluster.data.synthetic import generate
 from cluster.models import tiny_corpus
-from cluster.tiny_model import PretrainSpec, ensure_tiny_model
+from cluster.tiny_model import CAPTION_PROMPT, PretrainSpec, ensure_tiny_model
 
 TEXT = "a red sky above warm sand"
 # character spans of the tokens "a", " red", " sky", " above", " warm", " sand"
@@ -32,14 +32,18 @@ def test_a_model_trained_on_the_scenes_reads_them_and_a_random_one_does_not(rows
 
     from learner.policy import load_processor
 
-    captions = [(image, text) for image, text, _ in rows]
+    captions = [(image, CAPTION_PROMPT, text) for image, text, *_ in rows]
     spec = PretrainSpec(epochs=40, batch_size=8, lr=3e-3, warmup_steps=5)
     results = {}
     for name, pairs in (("trained", captions), ("random", ())):
         path = ensure_tiny_model(tmp_path, tiny_corpus(), captions=pairs, pretrain=spec)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32").eval()
         results[name] = cue_recall(model, load_processor(path), rows)
+        if name == "trained":  # the same scenes with the task's question and SET instruction around them
+            results["trained under the SET prompt"] = cue_recall(model, load_processor(path), rows, "set")
     assert set(results["trained"]["slots"]) == {"sky", "ground", "face", "object", "accent"}
     assert results["trained"]["images"] == 8
     assert results["trained"]["mean"] >= 0.8, results["trained"]
     assert results["random"]["mean"] == 0.0 and results["random"]["all_read"] == 0.0
+    under_set = results["trained under the SET prompt"]
+    assert under_set["images"] == 8 and 0.0 <= under_set["all_read"] <= under_set["mean"] <= 1.0

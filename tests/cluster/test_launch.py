@@ -47,14 +47,20 @@ def test_a_remote_cluster_is_allowed_with_token_auth_or_an_explicit_opt_out(monk
     )
 
 
-def test_train_refuses_an_unsafe_address_before_starting_anything():
+@pytest.mark.parametrize("command", ["train", "sft", "pipeline"])
+def test_a_job_refuses_an_unsafe_address_before_starting_anything(command, tmp_path):
+    # an empty cache and output folder: the refusal must come before the model build (minutes),
+    # the data generation and the run folder
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["EMO_R3_CACHE_DIR"] = str(tmp_path / "cache")
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "train", "cluster.ray_address=203.0.113.7:6379"],
+        [sys.executable, "-m", "cluster.cli", command, "cluster.ray_address=203.0.113.7:6379",
+         f"cluster.output_dir={tmp_path / 'runs'}"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr
     assert "not on loopback" in proc.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
 
 
 def _free_port() -> int:

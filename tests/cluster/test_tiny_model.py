@@ -202,7 +202,7 @@ def captions(tmp_path_factory):
     for i, (name, rgb) in enumerate(list(colours.items()) * 2):
         path = folder / f"{i}.png"
         solid_image(rgb).save(path)
-        pairs.append((str(path), f"the image shows a {name} sky."))
+        pairs.append((str(path), tiny_model.CAPTION_PROMPT, f"the image shows a {name} sky."))
     return pairs
 
 

@@ -14,7 +14,9 @@ from cluster.data.images import load_image
 from cluster.data.manifest import load_dataset
 from cluster.data.synthetic import generate
 from cluster.datasets import image_policy
-from cluster.models import resolve_model
+from cluster.models import tiny_corpus
+from cluster.paths import cache_dir
+from cluster.tiny_model import ensure_tiny_model
 from learner.batch import IMAGE_PAD, TrainRollout, collate, split
 from learner.config import SftConfig
 from learner.sft import (
@@ -43,7 +45,9 @@ CFG = SftConfig(reflection_share=1.0, seed=3)  # 8 samples → 4 coherence, 2 ye
 def processor():
     from learner.policy import load_processor
 
-    return load_processor(resolve_model("tiny"))
+    # the embedded model's tokenizer and image processor; the caption pretraining (minutes) changes
+    # only the weights, so the random-init build of the same corpus has the same processor
+    return load_processor(ensure_tiny_model(cache_dir() / "models", tiny_corpus()))
 
 
 @pytest.fixture(scope="module")
