@@ -15,14 +15,12 @@ the SET prompt.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 PromptKind = Literal["caption", "set", "grpo"]
 
-STEP1 = re.compile(r"<step1>(.*?)</step1>", re.S)
 BATCH_SIZE = 32
 SOURCES = ("synthetic:emoset:test", "synthetic:emotion6:test")
 
@@ -42,10 +40,12 @@ Row = tuple[str, str, dict[str, str], str]  # (image path, scene description, {s
 
 def manifest_rows(path: Path, limit: int | None = None) -> list[Row]:
     """The first `limit` rows of a synthetic manifest."""
+    from cluster.data.responses import scene_description
+
     rows = []
     for line in path.read_text().splitlines()[:limit]:
         row = json.loads(line)
-        description = STEP1.search(row["response"]).group(1)
+        description = scene_description(row["response"])
         rows.append((str(path.parent / row["images"][0]), description, row["cues"], row["problem"]))
     return rows
 

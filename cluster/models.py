@@ -38,13 +38,12 @@ def tiny_captions() -> list[tuple[str, str, str]]:
     instruction around the image, and a model pretrained on the caption prompt alone reads the scene
     under it only (README, "The embedded tiny model")."""
     import json
-    import re
 
+    from cluster.data.responses import scene_description
     from cluster.data.synthetic import generate
     from cluster.tiny_model import CAPTION_PROMPT
     from rewards.prompts import build_user_text
 
-    step1 = re.compile(r"<step1>(.*?)</step1>", re.S)
     triples = []
     for style in ("emoset", "emotion6"):
         root = cache_dir() / "data" / f"pretrain-{style}"
@@ -53,6 +52,6 @@ def tiny_captions() -> list[tuple[str, str, str]]:
         for i, line in enumerate(train.read_text().splitlines()):
             row = json.loads(line)
             prompts = (CAPTION_PROMPT, build_user_text(row["problem"], "set"), build_user_text(row["problem"], "grpo"))
-            description = step1.search(row["response"]).group(1)
+            description = scene_description(row["response"])
             triples.append((os.fspath(root / row["images"][0]), prompts[i % len(prompts)], description))
     return triples

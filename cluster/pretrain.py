@@ -29,6 +29,7 @@ import torch
 from cluster.tiny_model import Caption, PretrainSpec
 from learner.batch import collate, completion_logits
 from learner.grpo import token_logprobs
+from learner.policy import warmup_factor
 from learner.sft import ANSWER, ExampleText, encode, epoch_minibatches, nll_loss
 
 
@@ -71,6 +72,6 @@ def caption_pretrain(
 
 
 def pretrain_lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """The lr multiplier of update `step` (0-based) of `total_steps`: linear warmup, then cosine to 0."""
-    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-    return warmup * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    """The lr multiplier of update `step` (0-based) of `total_steps`: the learner's linear warmup, then
+    cosine to 0."""
+    return warmup_factor(warmup_steps, step) * 0.5 * (1 + math.cos(math.pi * step / total_steps))

@@ -8,6 +8,8 @@ fixed so a tiny model with a tokenizer trained on these texts can learn it.
 
 from __future__ import annotations
 
+import re
+
 from .scenes import CUES, STYLES, Scene
 
 # label -> what a viewer would feel ("A viewer would ...")
@@ -65,3 +67,14 @@ def set_response(scene: Scene) -> str:
 def grpo_response(scene: Scene) -> str:
     """The GRPO-baseline reference response: the same parts inside `<think>`."""
     return f"<think>{' '.join(response_parts(scene))}</think> \\boxed{{{scene.label}}}"
+
+
+_STEP1 = re.compile(r"<step1>(.*?)</step1>", re.S)
+
+
+def scene_description(response: str) -> str:
+    """Step 1 of a SET reference response without its tags: the visible cues, no emotion label."""
+    found = _STEP1.search(response)
+    if found is None:
+        raise ValueError(f"no <step1>...</step1> in the reference response {response[:80]!r}")
+    return found.group(1)
