@@ -2,17 +2,21 @@
 
 A light supervised stage on a few samples, so RL has something left to learn: a seeded subset of
 `sft.samples` training samples with a reference response, their examples (learner.sft: answers, and
-the two reflection tasks so the policy can judge itself), `sft.epochs` passes of token-mean NLL
-updates on the learner ranks (Ray actors, the learner section's DeepSpeed setup, `sft.lr`), then an
-HF checkpoint (safetensors + processor + chat template) to use as `model.path` of `emo-r3 train`.
+the two reflection tasks so the policy can judge itself), plus per epoch `sft.scene_examples` other
+training samples' step 1 alone (their reading of the image, not their answer), `sft.epochs` passes
+of token-mean NLL updates on the learner ranks (Ray actors, the learner section's DeepSpeed setup,
+`sft.lr`), then an HF checkpoint (safetensors + processor + chat template) to use as `model.path`
+of `emo-r3 train`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -21,6 +25,7 @@ from typing import Any
 
 from cluster.config import ConfigError, RunConfig
 from cluster.data.images import load_image
+from cluster.data.responses import scene_description
 from cluster.data.sample import Sample
 from cluster.datasets import image_policy, load_samples
 from cluster.models import resolve_model
@@ -34,8 +39,11 @@ from learner.sft import (
     balanced_subset,
     build_examples,
     check_vision_alignment,
+    encode,
     epoch_minibatches,
     rank_shards,
+    scene_prefix,
+    scene_texts,
 )
 
 GRPO_TARGET = "response_grpo"  # the synthetic manifests' <think>-form reference (cluster.data.synthetic)
@@ -57,8 +65,8 @@ def run_sft(cfg: RunConfig) -> int:
     )
     model_path = resolve_model(cfg.model.path)
     loader = partial(load_image, policy=image_policy(cfg.data))
-    examples = _examples(cfg, model_path, loader)
-    epochs = schedule(examples, cfg, micro_batches)
+    examples, scenes = _examples(cfg, model_path, loader)
+    epochs = schedule(examples, scenes, cfg, micro_batches)
     out = Path(cfg.sft.output).expanduser() if cfg.sft.output else run_dir(cfg) / "sft"
     start = time.perf_counter()
     history: list[dict[str, float]] = []
@@ -85,7 +93,9 @@ def sft_learner_config(cfg: RunConfig) -> LearnerConfig:
         raise ConfigError(
             f"sft.batch_size={cfg.sft.batch_size} does not split evenly over learner.num_ranks={ranks}; make it a multiple"
         )
-    return cfg.learner.model_copy(update={"lr": cfg.sft.lr, "warmup_steps": 0, "kl_coef": 0.0, "reference_placement": "none"})
+    return cfg.learner.model_copy(
+        update={"lr": cfg.sft.lr, "warmup_steps": 0, "kl_coef": 0.0, "reference_placement": "none"}
+    )
 
 
 def target_column(cfg: RunConfig) -> str:
@@ -98,9 +108,13 @@ def target_column(cfg: RunConfig) -> str:
 def sft_samples(cfg: RunConfig) -> list[Sample]:
     """A seeded subset of `sft.samples` training samples that carry a reference response, balanced
     over the gold labels (learner.sft.balanced_subset)."""
+    return _subset(cfg, _with_target(cfg))
+
+
+def _with_target(cfg: RunConfig) -> list[Sample]:
+    """The training samples with a target response (in `response`); a clear error when none has one."""
     column = target_column(cfg)
-    data = cfg.data.model_copy(update={"columns": cfg.data.columns.model_copy(update={"response": column})})
-    loaded = load_samples(cfg.data.train, data)
+    loaded = load_samples(cfg.data.train, _data_with_response_column(cfg, column))
     usable = [s for s in loaded.samples if s.response]
     if not usable:
         raise ValueError(
@@ -111,28 +125,96 @@ def sft_samples(cfg: RunConfig) -> list[Sample]:
     print(
         f"SFT data: {len(usable)} samples with a {column!r} response in {cfg.data.train} ({missing} without, skipped)"
     )
+    return usable
+
+
+def _subset(cfg: RunConfig, usable: list[Sample]) -> list[Sample]:
     return balanced_subset(usable, cfg.sft.samples, random.Random(cfg.sft.seed))
 
 
-def _examples(cfg: RunConfig, model_path: str, loader: Callable[[Any], Any]) -> list[SftExample]:
+def _data_with_response_column(cfg: RunConfig, column: str) -> Any:
+    return cfg.data.model_copy(update={"columns": cfg.data.columns.model_copy(update={"response": column})})
+
+
+def scene_pairs(cfg: RunConfig, usable: list[Sample], subset: list[Sample]) -> list[tuple[Sample, str]]:
+    """`sft.scene_examples × sft.epochs` (sample, target prefix) pairs of training samples outside the
+    subset, in a seeded order (cycled when there are fewer): the target response up to the end of
+    the scene description, step 1 of the SET reference (`data.columns.response`). Samples whose
+    reference has no step 1, or whose target does not contain it, are skipped and counted; with
+    none left the cold start runs without scene examples (printed)."""
+    wanted = cfg.sft.scene_examples * cfg.sft.epochs
+    if not wanted:
+        return []
+    taken = {s.sample_id for s in subset}
+    others = [s for s in usable if s.sample_id not in taken]
+    descriptions = _descriptions(cfg, others)
+    pairs: list[tuple[Sample, str]] = []
+    skipped: Counter[str] = Counter()
+    for sample in random.Random(cfg.sft.seed + 1).sample(others, len(others)):
+        description = descriptions.get(sample.sample_id)
+        prefix = scene_prefix(sample.response or "", description) if description else None
+        if prefix is None:
+            skipped["no step 1 in the reference" if description is None else "step 1 not in the target"] += 1
+        else:
+            pairs.append((sample, prefix))
+    note = f" (skipped {dict(skipped)})" if skipped else ""
+    if not pairs:
+        print(f"SFT scene examples: none of {len(others)} other samples has a usable step 1{note}")
+        return []
+    print(
+        f"SFT scene examples: {cfg.sft.scene_examples} per epoch from {min(wanted, len(pairs))} other samples{note}"
+    )
+    return list(itertools.islice(itertools.cycle(pairs), wanted))
+
+
+def _descriptions(cfg: RunConfig, samples: list[Sample]) -> dict[str, str]:
+    """Sample id → step 1 of its SET reference, for those of `samples` that have one."""
+    column = cfg.data.columns.response
+    if target_column(cfg) != column:
+        ids = {s.sample_id for s in samples}
+        loaded = load_samples(cfg.data.train, _data_with_response_column(cfg, column)).samples
+        samples = [s for s in loaded if s.sample_id in ids]
+    out = {}
+    for sample in samples:
+        try:
+            out[sample.sample_id] = scene_description(sample.response or "")
+        except ValueError:
+            continue  # counted by scene_pairs
+    return out
+
+
+def _examples(
+    cfg: RunConfig, model_path: str, loader: Callable[[Any], Any]
+) -> tuple[list[SftExample], list[SftExample]]:
+    """The examples of every epoch (answers, reflections) and the scene examples, dealt per epoch."""
     from learner.policy import load_processor
 
-    samples = sft_samples(cfg)
-    examples = build_examples(samples, load_processor(model_path), cfg.sft, cfg.data.prompt_style, loader)
+    usable = _with_target(cfg)
+    samples = _subset(cfg, usable)
+    processor = load_processor(model_path)
+    examples = build_examples(samples, processor, cfg.sft, cfg.data.prompt_style, loader)
     tasks = {task: sum(e.task == task for e in examples) for task in dict.fromkeys(e.task for e in examples)}
     print(f"SFT examples from {len(samples)} samples: {tasks}")
-    return examples
+    texts = scene_texts(scene_pairs(cfg, usable, samples), cfg.data.prompt_style)
+    return examples, [encode(text, processor, loader) for text in texts]
 
 
-def schedule(examples: list[SftExample], cfg: RunConfig, micro_batches: int) -> list[list[Step]]:
-    """Per epoch, its steps: the examples reshuffled (seeded) in mini-batches of sft.batch_size,
-    each dealt over the ranks (learner.sft.rank_shards); ZeRO-3 checks the image alignment."""
+def schedule(
+    examples: list[SftExample], scenes: list[SftExample], cfg: RunConfig, micro_batches: int
+) -> list[list[Step]]:
+    """Per epoch, its steps: the examples and the epoch's own `sft.scene_examples` scenes, reshuffled
+    (seeded) in mini-batches of sft.batch_size, each dealt over the ranks (learner.sft.rank_shards);
+    ZeRO-3 checks the image alignment."""
     rollouts = [example.rollout(i) for i, example in enumerate(examples)]
+    per_epoch = cfg.sft.scene_examples if scenes else 0
     rng = random.Random(cfg.sft.seed)
     epochs = []
-    for _ in range(cfg.sft.epochs):
+    for epoch in range(cfg.sft.epochs):
+        first = epoch * per_epoch
+        own = scenes[first : first + per_epoch]
+        fresh = [scene.rollout(len(rollouts) + first + j) for j, scene in enumerate(own)]
         steps = []
-        for minibatch in epoch_minibatches(rollouts, cfg.sft.batch_size, rng):
+        for minibatch in epoch_minibatches(rollouts + fresh, cfg.sft.batch_size, rng):
             shards = rank_shards(minibatch, cfg.learner.num_ranks, micro_batches)
             if cfg.learner.zero_stage == 3:
                 check_vision_alignment(shards, micro_batches)
@@ -198,4 +280,3 @@ def _write_history(out: Path, history: list[dict[str, float]]) -> None:
     (out / METRICS_FILE).write_text(
         "".join(json.dumps({"step": i} | h) + "\n" for i, h in enumerate(history))
     )
-

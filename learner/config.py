@@ -82,5 +82,13 @@ class SftConfig(BaseModel):
         description="reflection examples per answer example: half coherence (→ label), a quarter consistency "
         "(→ yes), a quarter consistency with another label's span (→ no)",
     )
+    scene_examples: int = Field(
+        8,
+        ge=0,
+        description="per epoch, this many further training samples (new ones each epoch, cycled when too few) "
+        "teach step 1 alone: task prompt → target response up to the end of the reference's scene description "
+        "(<step1> of data.columns.response), no end of turn, no answer. Keeps the model's reading of images "
+        "through the cold start; 0: off",
+    )
     seed: int = Field(0, description="seeds the sample subset, the reflection pairs and the example order")
     output: str | None = Field(None, description="checkpoint folder; None: <run dir>/sft")

@@ -8,10 +8,15 @@ after it: the target text + `<|im_end|>`. Tasks:
 - answer: image + question + instruction (rewards.prompts.build_user_text) → the reference response;
 - coherence (text only): coherence_prompt(coherence_span(response), labels) → the gold label;
 - consistency: image + consistency_prompt(consistency_span(response)) → "yes"; the span of a sample
-  with a different gold label with this image → "no".
+  with a different gold label with this image → "no";
+- scene: image + question + instruction → the response of another training sample up to the end of
+  its scene description (`scene_prefix`), no end of turn: step 1 alone, without the answer.
 
-The two reflection tasks teach the small policy to act as its own judge (METHOD.md §3). The few
-samples are dealt over the gold labels (`balanced_subset`), so every label is seen. Examples become
+The two reflection tasks teach the small policy to act as its own judge (METHOD.md §3). Scene
+examples keep the model's reading of images through the cold start: memorising the few samples'
+descriptions otherwise costs a pretrained model part of its reading of new ones, and RL improves
+the decision on what was read, not the reading. The few samples are dealt over the gold labels
+(`balanced_subset`), so every label is seen. Examples become
 TrainRollouts (sampler logprobs 0, advantage 0), so `learner.batch.collate` batches them.
 """
 
@@ -33,7 +38,8 @@ from rewards.parsing import coherence_span, consistency_span
 from rewards.prompts import build_user_text, coherence_prompt, consistency_prompt
 
 END_OF_TURN = "<|im_end|>"  # the chat template's end of a message; vLLM stops on it (eos)
-ANSWER, COHERENCE, CONSISTENCY = "answer", "coherence", "consistency"
+ANSWER, COHERENCE, CONSISTENCY, SCENE = "answer", "coherence", "consistency", "scene"
+STEP1_CLOSE = "</step1>"
 YES, NO = "yes", "no"  # METHOD.md §3: the consistency judge answers yes or no
 # Reflection slots cycle: coherence (→ label), consistency (own span → yes), coherence, consistency
 # (another label's span → no): half coherence, a quarter each of positive and negative pairs.
@@ -63,15 +69,16 @@ class ExampleText:
     user_text: str
     image: ImageRef | None
     target: str
+    end_of_turn: bool = True  # False: a response prefix (SCENE), the model is not taught to stop after it
 
 
 @dataclass(frozen=True)
 class SftExample:
     """One supervised example in token ids, ready for the learner."""
 
-    task: str  # ANSWER, COHERENCE or CONSISTENCY
+    task: str  # ANSWER, COHERENCE, CONSISTENCY or SCENE
     prompt_token_ids: tuple[int, ...]  # chat-templated, image placeholders expanded
-    target_token_ids: tuple[int, ...]  # target text + <|im_end|>
+    target_token_ids: tuple[int, ...]  # target text (+ <|im_end|> unless a SCENE prefix)
     image: ImageRef | None
 
     def rollout(self, group_id: int) -> TrainRollout:
@@ -144,6 +151,27 @@ def _other_label(sample: SftSample, samples: Sequence[SftSample], rng: random.Ra
     return rng.choice(others) if others else None
 
 
+def scene_prefix(target: str, description: str) -> str | None:
+    """`target` up to the end of `description` in it (and a `</step1>` right after), or None when the
+    description is not in it: `<step1>The scene shows ...</step1>` of a SET response,
+    `<think>The scene shows ...` of a `<think>` one."""
+    at = target.find(description) if description else -1
+    if at < 0:
+        return None
+    end = at + len(description)
+    if target.startswith(STEP1_CLOSE, end):
+        end += len(STEP1_CLOSE)
+    return target[:end]
+
+
+def scene_texts(pairs: Sequence[tuple[SftSample, str]], prompt_style: str) -> list[ExampleText]:
+    """One SCENE example per (sample, response prefix): the sample's task prompt → the prefix."""
+    return [
+        ExampleText(SCENE, build_user_text(s.question, prompt_style), s.image, prefix, end_of_turn=False)
+        for s, prefix in pairs
+    ]
+
+
 def _response(sample: SftSample) -> str:
     if not sample.response:
         raise ValueError(f"sample {getattr(sample, 'sample_id', '?')!r} has no reference response")
@@ -166,10 +194,11 @@ def build_examples(
 
 
 def encode(text: ExampleText, processor: Any, image_loader: Callable[[ImageRef], Any]) -> SftExample:
-    """Prompt ids as the engine builds them and target ids ending with <|im_end|>."""
+    """Prompt ids as the engine builds them and target ids, ending with <|im_end|> if `end_of_turn`."""
     tokenizer = processor.tokenizer
     target = tokenizer.encode(text.target, add_special_tokens=False)
-    target.append(tokenizer.convert_tokens_to_ids(END_OF_TURN))
+    if text.end_of_turn:
+        target.append(tokenizer.convert_tokens_to_ids(END_OF_TURN))
     prompt = prompt_token_ids(processor, text.user_text, text.image, image_loader)
     return SftExample(text.task, prompt, tuple(target), text.image)
 

@@ -16,13 +16,28 @@ from cluster.config import ConfigError, load_config
 from cluster.data.images import load_image
 from cluster.datasets import image_policy
 from cluster.models import resolve_model
-from cluster.sft import METRICS_FILE, learner_ranks, run_sft, sft_learner_config, sft_samples
+from cluster.sft import (
+    METRICS_FILE,
+    learner_ranks,
+    run_sft,
+    scene_pairs,
+    schedule,
+    sft_learner_config,
+    sft_samples,
+)
 from learner.batch import collate, completion_logits, num_completion_tokens
 from learner.config import SftConfig
 from learner.grpo import token_logprobs
 from learner.policy import load_processor
 from learner.rank import combine_rank_metrics
-from learner.sft import build_examples, check_vision_alignment, nll_loss, prompt_token_ids, rank_shards
+from learner.sft import (
+    SftExample,
+    build_examples,
+    check_vision_alignment,
+    nll_loss,
+    prompt_token_ids,
+    rank_shards,
+)
 from rewards.prompts import build_user_text
 
 SMALL_DATA = ["data.synthetic.n_train=32", "data.synthetic.n_test=8"]
@@ -78,6 +93,51 @@ def test_sft_samples_skip_those_without_a_response_and_fail_clearly_when_none_ha
     missing = load_config(None, [*SMALL_DATA, "sft.target=no_such_column"])
     with pytest.raises(ValueError, match="no_such_column"):
         sft_samples(missing)
+
+
+def scenes_of(overrides):
+    cfg = load_config(None, [*SMALL_DATA, "sft.samples=8", *overrides])
+    usable = sft_samples(cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"samples": 10**6})}))
+    subset = sft_samples(cfg)
+    return subset, scene_pairs(cfg, usable, subset)
+
+
+def test_scene_examples_are_other_samples_new_each_epoch_cut_after_their_step_1(capsys):
+    subset, pairs = scenes_of(["sft.scene_examples=4", "sft.epochs=3"])
+    assert len(pairs) == 4 * 3
+    ids = [s.sample_id for s, _ in pairs]
+    assert len(set(ids)) == 12 and not set(ids) & {s.sample_id for s in subset}
+    for sample, prefix in pairs:
+        assert (
+            sample.response.startswith(prefix)
+            and prefix.startswith("<step1>")
+            and prefix.endswith("</step1>")
+        )
+    assert "4 per epoch from 12 other samples" in capsys.readouterr().out
+    _, cycled = scenes_of(["sft.scene_examples=10", "sft.epochs=3"])  # 24 others for 30 slots
+    assert len(cycled) == 30 and len({s.sample_id for s, _ in cycled}) == 24
+    assert scenes_of(["sft.scene_examples=0"])[1] == []
+
+
+def test_scene_examples_of_think_targets_end_with_the_set_references_step_1(capsys):
+    _, pairs = scenes_of(["data.prompt_style=grpo", "reward.total=grpo", "reward.reflection=false"])
+    assert pairs
+    for sample, prefix in pairs:
+        assert sample.response.startswith(prefix) and prefix.startswith("<think>The scene shows")
+    # descriptions read from a column without step 1: none usable, the cold start goes on without
+    _, none = scenes_of(["data.columns.response=response_grpo"])
+    assert none == [] and "has a usable step 1" in capsys.readouterr().out
+
+
+def test_every_epoch_has_all_examples_and_its_own_scenes():
+    cfg = load_config(None, ["sft.scene_examples=4", "sft.epochs=3", "sft.batch_size=8"])
+    example = SftExample("answer", (1, 2), (3,), None)
+    scenes = [SftExample("scene", (1, 2), (10 + i,), None) for i in range(12)]
+    epochs = schedule([example] * 12, scenes, cfg, micro_batches=1)
+    for e, steps in enumerate(epochs):
+        targets = [r.completion_token_ids[0] for shards, _ in steps for shard in shards for r in shard]
+        assert len(steps) == 2 and targets.count(3) == 12
+        assert sorted(t for t in targets if t != 3) == [10 + 4 * e + j for j in range(4)]
 
 
 def test_sft_batch_must_split_evenly_over_the_ranks():

@@ -25,14 +25,18 @@ from learner.sft import (
     CONSISTENCY,
     END_OF_TURN,
     NO,
+    SCENE,
     YES,
     balanced_subset,
     build_examples,
     check_vision_alignment,
+    encode,
     epoch_minibatches,
     example_texts,
     nll_loss,
     rank_shards,
+    scene_prefix,
+    scene_texts,
 )
 from rewards.parsing import coherence_span, consistency_span
 from rewards.prompts import LABEL_SETS, build_user_text
@@ -89,6 +93,33 @@ def test_answer_prompts_are_the_chat_templated_question_and_targets_end_the_turn
         assert prompt.endswith(
             build_user_text(sample.question, "set") + "<|im_end|>\n<|im_start|>assistant\n"
         )
+
+
+def test_scene_prefix_ends_with_the_description_in_either_response_form():
+    description = "The scene shows a dark sky above wet mud."
+    rest = "<step2>It feels like fear.</step2>\n<step3>Negative.</step3>\n\\boxed{fear}"
+    assert (
+        scene_prefix(f"<step1>{description}</step1>\n{rest}", description) == f"<step1>{description}</step1>"
+    )
+    think = f"<think>{description} It feels like fear.</think> \\boxed{{fear}}"
+    assert scene_prefix(think, description) == f"<think>{description}"
+    assert scene_prefix(think, "The scene shows a bright sun.") is None
+    assert scene_prefix(think, "") is None
+
+
+def test_scene_examples_are_the_task_prompt_and_a_prefix_the_model_is_not_taught_to_stop_after(
+    samples, processor
+):
+    tokenizer = processor.tokenizer
+    sample = samples[0]
+    prefix = sample.response[: sample.response.index("</step1>") + len("</step1>")]
+    (text,) = scene_texts([(sample, prefix)], "set")
+    scene = encode(text, processor, LOADER)
+    assert scene.task == SCENE and scene.image == sample.image
+    assert tokenizer.decode(scene.target_token_ids) == prefix  # no <|im_end|>
+    (answer,) = [e for e in build_examples([sample], processor, CFG, "set", LOADER) if e.task == ANSWER]
+    assert scene.prompt_token_ids == answer.prompt_token_ids
+    assert answer.target_token_ids[: len(scene.target_token_ids)] == scene.target_token_ids
 
 
 def test_reflection_examples_answer_label_yes_and_no(examples, processor):
