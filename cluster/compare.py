@@ -14,7 +14,6 @@ RL, A^I, A^O, A, the in-domain format rate, and A^I after the cold start, each m
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
 import traceback
@@ -133,7 +132,6 @@ def _run_one(cfg: RunConfig, method: Method, seed: int, pipeline: Callable[[RunC
         print(f"== {label}: finished earlier, reusing {_run_path(cfg)}")
         return read_result(cfg, method, seed, 0.0)
     print(f"== {label}: {_run_path(cfg)}")
-    _clear_attempt_without_checkpoint(_run_path(cfg))
     start = time.perf_counter()
     try:
         status = pipeline(cfg)
@@ -149,15 +147,6 @@ def _run_one(cfg: RunConfig, method: Method, seed: int, pipeline: Callable[[RunC
         return RunResult(method.slug, seed, str(_run_path(cfg)), False, seconds=seconds, error=error)
     print(f"== {label}: done in {seconds:.0f} s")
     return read_result(cfg, method, seed, seconds)
-
-
-def _clear_attempt_without_checkpoint(run: Path) -> None:
-    """An earlier attempt that died before its first checkpoint has nothing to resume; its metrics
-    would be mistaken for this attempt's (the first evaluation is the cold start's), so start clean."""
-    from cluster.train import CHECKPOINTS
-
-    if run.is_dir() and not (run / CHECKPOINTS).is_dir():
-        shutil.rmtree(run)
 
 
 def _write(root: Path, results: list[RunResult]) -> None:

@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # ray-free at import: `emo-r3 compare` reads metrics without 
     from cluster.rollouts import IterationRollouts
 
 METRICS_FILE = "metrics.jsonl"
+ROLLOUTS_FILE = "rollouts.jsonl"  # a few scored rollouts per iteration (cluster.dump_rollouts)
+REPLACED_SUFFIX = ".replaced.jsonl"  # records of iterations an attempt redoes, set aside
 
 COMPONENTS = ("accuracy", "format", "coherence", "consistency", "score")
 
@@ -76,6 +78,27 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def set_aside_from(path: Path, start: int) -> int:
+    """Move the records of `path` (JSON lines with an "iteration") from iteration `start` on — what
+    an earlier attempt logged after the checkpoint this one starts from (start 0: no checkpoint), and
+    that this attempt redoes — to `<name>.replaced.jsonl` beside it (appended: nothing is lost), so
+    `path` holds one history. Returns how many were moved; a line that is not a record stays."""
+    if not path.is_file():
+        return 0
+    kept, moved = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            redone = int(json.loads(line)["iteration"]) >= start
+        except (ValueError, KeyError, TypeError):
+            redone = False
+        (moved if redone else kept).append(line)
+    if moved:
+        with path.with_name(path.name.removesuffix(".jsonl") + REPLACED_SUFFIX).open("a") as f:
+            f.writelines(moved)
+        path.write_text("".join(kept))
+    return len(moved)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -15,7 +15,14 @@ from cluster.batches import train_shards
 from cluster.config import RunConfig
 from cluster.datasets import load_samples
 from cluster.evaluator import Evaluator
-from cluster.metrics import MetricsLog, rollout_metrics
+from cluster.metrics import (
+    METRICS_FILE,
+    REPLACED_SUFFIX,
+    ROLLOUTS_FILE,
+    MetricsLog,
+    rollout_metrics,
+    set_aside_from,
+)
 from cluster.models import resolve_model
 from cluster.rollouts import IterationRollouts, generate_and_score
 from cluster.sample import prompt_request
@@ -89,7 +96,7 @@ def _iteration_metrics(rollouts: IterationRollouts, adv: dict, train: dict, vers
 def _dump_rollouts(run: Path, iteration: int, rollouts: IterationRollouts, limit: int) -> None:
     if limit <= 0:
         return
-    with (run / "rollouts.jsonl").open("a") as f:
+    with (run / ROLLOUTS_FILE).open("a") as f:
         for sg in rollouts.groups[: max(1, limit // max(len(rollouts.groups[0].scores), 1))]:
             for completion, score in zip(sg.group.completions, sg.scores, strict=True):
                 record = {
@@ -114,6 +121,14 @@ def _maybe_checkpoint(cfg: RunConfig, tc: TrainingCluster, run: Path, iteration:
     (path / STATE_FILE).write_text(json.dumps(state))
 
 
+def _set_aside_redone(run: Path, start: int) -> None:
+    """One history per run: what an earlier attempt logged from iteration `start` on is redone now."""
+    for name in (METRICS_FILE, ROLLOUTS_FILE):
+        if moved := set_aside_from(run / name, start):
+            aside = name.removesuffix(".jsonl") + REPLACED_SUFFIX
+            print(f"{name}: {moved} records of iterations >= {start} of an earlier attempt moved to {aside}")
+
+
 def latest_checkpoint(run: Path) -> Path | None:
     found = sorted(p for p in (run / CHECKPOINTS).glob("iter_*") if (p / STATE_FILE).is_file())
     return found[-1] if found else None
@@ -135,6 +150,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     start, version = state.get("next_iteration", 0), state.get("version", 0)
     if checkpoint:
         print(f"resuming {run.name} at iteration {start} (policy version {version}) from {checkpoint}")
+    _set_aside_redone(run, start)
     stream = PromptStream(train_set.samples, cfg.cluster.prompts_per_iteration, seed=cfg.cluster.seed,
                           shuffle=cfg.data.shuffle, state=StreamState(**state.get("stream", {})))  # fmt: skip
     metrics_log = MetricsLog(run, cfg.cluster.tensorboard)

@@ -108,14 +108,3 @@ def test_mean_std_and_empty_table():
     assert mean_std([0.5]) == "50.0"
     assert mean_std([0.5, 0.7]) == "60.0 ± 14.1"
     assert comparison_table([], ["grpo"]) == "no finished run to compare"
-
-
-def test_an_attempt_that_left_no_checkpoint_is_started_clean(tmp_path):
-    stale = tmp_path / "cmp" / "grpo-seed0"
-    stale.mkdir(parents=True)
-    (stale / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "eval/policy_version": 0.0}) + "\n")
-    calls: list = []
-    args = (None, [f"cluster.output_dir={tmp_path}", "cluster.iterations=2"], ["grpo"], [0], "cmp")
-    assert run_compare(*args, pipeline=fake_pipeline({("grpo", 0): 0.7}, set(), calls)) == 0
-    evals = [json.loads(line) for line in (stale / "metrics.jsonl").read_text().splitlines()]
-    assert [e.get("eval/policy_version") for e in evals] == [0.0, None, 2.0]  # only this attempt's records

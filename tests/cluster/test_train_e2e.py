@@ -93,11 +93,15 @@ def test_resume_continues_at_the_next_batch_from_the_latest_checkpoint(ray_local
     common = [*OVERRIDES, "learner.num_ranks=1", "rollout.num_workers=1", "cluster.checkpoint_every=1",
               f"cluster.output_dir={tmp_path}", "cluster.run_name=r", "cluster.dump_rollouts=16"]  # fmt: skip
     assert run_train(load_config(None, [*common, "cluster.iterations=1"])) == 0
+    run = tmp_path / "r"
+    with (run / "metrics.jsonl").open("a") as f:  # an attempt that died after logging iteration 1
+        f.write(json.dumps({"iteration": 1, "policy_version": 99}) + "\n")
     assert run_train(load_config(None, [*common, "cluster.iterations=2"]), resume=True) == 0
 
-    run = tmp_path / "r"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(m["iteration"], m["policy_version"]) for m in metrics] == [(0, 1), (1, 2)]
+    replaced = (run / "metrics.replaced.jsonl").read_text().splitlines()
+    assert [json.loads(line)["policy_version"] for line in replaced] == [99]
     assert latest_checkpoint(run).name == "iter_000002"
     # The resumed iteration trained on exactly the batch an uninterrupted run takes second.
     cfg = load_config(None, common)

@@ -1,0 +1,39 @@
+"""One history per run: records an attempt redoes are set aside, never lost (cluster.metrics)."""
+
+import json
+
+from cluster.metrics import set_aside_from
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def _iterations(path):
+    return [json.loads(line).get("iteration") for line in path.read_text().splitlines()]
+
+
+def test_a_resumed_attempt_keeps_the_records_before_its_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    _write(path, [json.dumps({"iteration": i, "x": i}) for i in (0, 1, 2, 3)])
+    assert set_aside_from(path, 2) == 2
+    assert _iterations(path) == [0, 1]
+    assert _iterations(tmp_path / "metrics.replaced.jsonl") == [2, 3]
+
+
+def test_a_fresh_attempt_sets_aside_everything_and_a_second_one_appends(tmp_path):
+    path = tmp_path / "rollouts.jsonl"
+    _write(path, [json.dumps({"iteration": 0})])
+    assert set_aside_from(path, 0) == 1 and path.read_text() == ""
+    _write(path, [json.dumps({"iteration": 0}), json.dumps({"iteration": 1})])
+    assert set_aside_from(path, 0) == 2
+    assert _iterations(tmp_path / "rollouts.replaced.jsonl") == [0, 0, 1]
+
+
+def test_nothing_to_do_without_a_file_or_records_to_redo_and_odd_lines_stay(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert set_aside_from(path, 0) == 0 and not path.exists()
+    _write(path, [json.dumps({"iteration": 0}), "not json", json.dumps({"no": "iteration"})])
+    assert set_aside_from(path, 1) == 0
+    assert path.read_text().splitlines()[1:] == ["not json", '{"no": "iteration"}']
+    assert not (tmp_path / "metrics.replaced.jsonl").exists()
