@@ -127,6 +127,11 @@ class ClusterConfig(BaseModel):
     output_dir: str = Field("runs", description="run directories are created under it")
     run_name: str | None = Field(None, description="run directory name; default: a timestamp")
     checkpoint_every: int = Field(10, ge=0, description="iterations between checkpoints (0: only at the end)")
+    checkpoint_optimizer: bool = Field(
+        True,
+        description="checkpoints also hold every rank's AdamW state and lr-schedule step, so --resume continues "
+        "exactly (about 3x the fp32 parameter bytes per checkpoint; safetensors); false: moments restart on resume",
+    )
     eval_every: int = Field(10, ge=0, description="iterations between held-out evaluations (0: off)")
     eval_limit: int = Field(256, ge=1, description="held-out samples per data.eval source in in-training evaluation")
     eval_greedy: bool = Field(False, description="in-training evaluation greedy instead of temperature 0.6 / top_p 0.95")

@@ -47,9 +47,11 @@ def judge_settings(cfg: RunConfig, model_path: str) -> EngineSettings:
 
 
 class TrainingCluster:
-    def __init__(self, cfg: RunConfig, model_path: str, reference_path: str | None = None, version: int = 0):
-        """`model_path` holds policy `version` (a checkpoint when resuming); `reference_path` the
-        initial policy the KL term is measured against (default: `model_path`)."""
+    def __init__(self, cfg: RunConfig, model_path: str, reference_path: str | None = None, version: int = 0,
+                 resume: bool = False):  # fmt: skip
+        """`model_path` holds policy `version` (a checkpoint when `resume`: the learner restores its
+        optimizer state too); `reference_path` the initial policy the KL term is measured against
+        (default: `model_path`)."""
         self.cfg = cfg
         self.on_gpu = any(role.num_gpus > 0 for role in roles(cfg))
         start_ray(cfg, self.on_gpu)
@@ -67,19 +69,19 @@ class TrainingCluster:
             [(cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i, version)
              for i in range(cfg.reward.num_workers)],
         ), follows_policy=cfg.reward.judge.mode == "policy")  # fmt: skip
-        self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path or model_path, loader))
+        self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path or model_path, loader, resume))
         self._wait_ready()
         self.transport = make_transport(cfg.cluster.weight_transport, self.learner, self.receivers,
                                         cfg.cluster.sync_timeout_s)  # fmt: skip
 
-    def _spawn_learner(self, model_path: str, reference_path: str, loader) -> list:
+    def _spawn_learner(self, model_path: str, reference_path: str, loader, resume: bool) -> list:
         cfg = self.cfg
         mini_batch = cfg.cluster.prompts_per_iteration // cfg.learner.updates_per_iteration * cfg.rollout.group_size
         steps = micro_batches_per_step(mini_batch, cfg.learner.num_ranks, cfg.learner.micro_batch_size)
         port, world = free_port(), cfg.learner.num_ranks
         return self.placement.spawn(
             "learner", LearnerRank,
-            [(model_path, cfg.learner, rank, world, "127.0.0.1", port, steps, loader, reference_path)
+            [(model_path, cfg.learner, rank, world, "127.0.0.1", port, steps, loader, reference_path, resume)
              for rank in range(world)],
         )  # fmt: skip
 

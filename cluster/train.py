@@ -116,7 +116,7 @@ def _maybe_checkpoint(cfg: RunConfig, tc: TrainingCluster, run: Path, iteration:
     if not (last or (every and (iteration + 1) % every == 0)):
         return
     path = run / CHECKPOINTS / f"iter_{iteration + 1:06d}"
-    tc.learner.save(str(path), cfg.cluster.train_timeout_s)
+    tc.learner.save(str(path), cfg.cluster.train_timeout_s, optimizer=cfg.cluster.checkpoint_optimizer)
     state = {"next_iteration": iteration + 1, "version": version, "stream": asdict(stream.state)}
     (path / STATE_FILE).write_text(json.dumps(state))
 
@@ -155,7 +155,9 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
                           shuffle=cfg.data.shuffle, state=StreamState(**state.get("stream", {})))  # fmt: skip
     metrics_log = MetricsLog(run, cfg.cluster.tensorboard)
     progress = Progress(cfg.cluster.iterations, start)
-    with TrainingCluster(cfg, str(checkpoint or initial), reference_path=initial, version=version) as tc:
+    with TrainingCluster(cfg, str(checkpoint or initial), initial, version, resume=bool(checkpoint)) as tc:
+        if checkpoint:
+            print(f"learner: {tc.learner.optimizer_restored(cfg.cluster.startup_timeout_s)[0]}")
         history = train_loop(cfg, tc, stream, run, start, metrics_log, progress.update, version)
     metrics_log.close()
     progress.close()

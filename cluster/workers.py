@@ -65,5 +65,10 @@ class LearnerGroup:
         go to the object store once. The other refs only tell when the other ranks are done."""
         return [rank.weight_buckets.remote() for rank in self.ranks]
 
-    def save(self, out_dir: str, timeout_s: float) -> None:
-        wait_all([rank.save.remote(out_dir) for rank in self.ranks], timeout_s, "learner save")
+    def save(self, out_dir: str, timeout_s: float, optimizer: bool = False) -> None:
+        refs = [rank.save.remote(out_dir, optimizer) for rank in self.ranks]
+        wait_all(refs, timeout_s, "learner save")
+
+    def optimizer_restored(self, timeout_s: float) -> list[str | None]:
+        """Per rank, what restoring its optimizer state did (None: not asked to)."""
+        return wait_all([rank.optimizer_restored.remote() for rank in self.ranks], timeout_s, "learner state")

@@ -21,7 +21,7 @@ class LearnerConfig(BaseModel):
     warmup_steps: int = Field(
         10,
         ge=0,
-        description="optimizer steps of linear lr warmup, restarted on --resume (DEPARTURE, release: none; at the "
+        description="optimizer steps of linear lr warmup, resumed with the optimizer state (DEPARTURE, release: none; at the "
         "tiny model's lr, Adam's first steps move every weight by ±lr: KL 0.024 after one iteration, 0.001 with it)",
     )
     updates_per_iteration: int = Field(2, ge=1, description="optimizer steps per iteration (METHOD.md §4: 2)")

@@ -35,6 +35,7 @@ from learner.config import LearnerConfig
 from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss, token_logprobs
 from learner.sft import sft_objective
 
+OPTIMIZER_DIR = "optimizer"  # inside a checkpoint: one safetensors file per rank (Policy.save_optimizer)
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a dead rank fails its peers' collectives after this
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # A micro-batch's loss: (batch, logprobs [N, T], logits [N, T, V], global_num_tokens) → (loss, metrics);
@@ -100,7 +101,9 @@ class Policy:
         self._hf_ds_config = _hf_deepspeed_config(self.ds_config) if cfg.zero_stage == 3 else None
         model = _load_model(model_path, DTYPES[cfg.dtype])
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(warmup_factor, cfg.warmup_steps))
+        warmup = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(warmup_factor, cfg.warmup_steps)
+        )
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=warmup, config=self.ds_config
         )
@@ -250,6 +253,77 @@ class Policy:
         self.engine.module.save_pretrained(out_dir, state_dict=state)
         processor.save_pretrained(out_dir)
 
+    # -------------------------------------------------------------------------------------------
+    # Optimizer state (exact --resume)
+
+    def save_optimizer(self, out_dir: str | Path) -> None:
+        """Every rank writes its part of the AdamW state: per tensor the optimizer updates (under
+        ZeRO, the rank's flat fp32 partitions) its master values, moments and step, plus the lr
+        schedule's step, to `optimizer_file` (safetensors: tensors and string metadata, no pickle)."""
+        from safetensors.torch import save_file
+
+        optimizer = self._optimizer()
+        tensors: dict[str, Tensor] = {}
+        for key, param in _optimizer_params(self.engine.optimizer, optimizer):
+            tensors[f"{key}.master"] = param.detach().cpu().clone()
+            for name, value in optimizer.state.get(param, {}).items():
+                tensors[f"{key}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+        scheduler = self.engine.lr_scheduler
+        metadata = {
+            "zero_stage": str(self.cfg.zero_stage),
+            "dtype": self.cfg.dtype,
+            "world_size": str(self.world_size),
+            "scheduler_step": str(scheduler.last_epoch if scheduler is not None else 0),
+        }
+        path = optimizer_file(out_dir, self.rank, self.world_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata)
+
+    def load_optimizer(self, checkpoint: str | Path) -> str:
+        """Restore what `save_optimizer` wrote for this rank and world size; what happened, in words.
+
+        Nothing changes (AdamW starts from zero moments and the schedule from its first step) when
+        the checkpoint has no file for this rank and world size, or one written under another ZeRO
+        stage, dtype or parameter layout."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = optimizer_file(checkpoint, self.rank, self.world_size)
+        fresh = "AdamW moments and the lr schedule start afresh"
+        if not path.is_file():
+            return f"no optimizer state for {self.world_size} rank(s) in {checkpoint}: {fresh}"
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        saved = load_file(str(path))
+        wanted = {"zero_stage": str(self.cfg.zero_stage), "dtype": self.cfg.dtype}
+        if any(metadata.get(key) != value for key, value in wanted.items()):
+            return f"optimizer state in {path} is for {metadata}, this run is {wanted}: {fresh}"
+        optimizer = self._optimizer()
+        params = _optimizer_params(self.engine.optimizer, optimizer)
+        for key, param in params:
+            master = saved.get(f"{key}.master")
+            if master is None or master.shape != param.shape:
+                return f"optimizer state in {path} does not match this model's parameters ({key}): {fresh}"
+        with torch.no_grad():
+            for key, param in params:
+                param.copy_(saved[f"{key}.master"])
+                prefix = f"{key}."
+                optimizer.state[param] = {
+                    name.removeprefix(prefix): value.to(param.device)
+                    for name, value in saved.items()
+                    if name.startswith(prefix) and name != f"{key}.master"
+                }
+        step = int(metadata.get("scheduler_step", 0))
+        if (scheduler := self.engine.lr_scheduler) is not None and step > 0:
+            scheduler.last_epoch = step - 1
+            scheduler.step()  # sets the lr of update `step` on every param group
+        return f"optimizer state restored from {path} (lr schedule at update {step})"
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """The torch AdamW doing the updates (DeepSpeed's ZeRO and bf16 wrappers hold it as `.optimizer`)."""
+        optimizer = self.engine.optimizer
+        return getattr(optimizer, "optimizer", optimizer)
+
     def _gather(self) -> dict[str, Tensor] | None:
         """The module-named full state dict on rank 0 (CPU copies), None elsewhere; ZeRO-3: collective."""
         if self.cfg.zero_stage == 3:
@@ -257,6 +331,24 @@ class Policy:
         if self.rank != 0:
             return None
         return _cpu_copy(self.engine.module.state_dict())
+
+
+def optimizer_file(checkpoint: str | Path, rank: int, world_size: int) -> Path:
+    return Path(checkpoint) / OPTIMIZER_DIR / f"rank{rank:03d}-of-{world_size:03d}.safetensors"
+
+
+def _optimizer_params(engine_optimizer: Any, optimizer: torch.optim.Optimizer) -> list[tuple[str, Tensor]]:
+    """(key, parameter) for every tensor the torch optimizer updates, in order: under ZeRO the rank's
+    flat fp32 partitions (ZeRO-3 lends them to the optimizer's param groups only during its step),
+    else the param groups' parameters."""
+    for name in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups"):  # ZeRO-3, ZeRO-1/2
+        if partitions := getattr(engine_optimizer, name, None):
+            return [(f"flat{i}", partition) for i, partition in enumerate(partitions)]
+    return [
+        (f"g{g}.p{p}", param)
+        for g, group in enumerate(optimizer.param_groups)
+        for p, param in enumerate(group["params"])
+    ]
 
 
 def load_processor(model_path: str | Path) -> Any:

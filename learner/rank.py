@@ -61,8 +61,11 @@ class LearnerRank:
         micro_batches_per_step: int,
         image_loader: Callable[[ImageRef], Any],
         reference_path: str | Path | None = None,
+        restore_optimizer: bool = False,
         bucket_mib: float = 256.0,
     ):
+        """`restore_optimizer`: `model_path` is a checkpoint this run resumes from; its AdamW state
+        and lr-schedule step are restored when it has them for this world size (Policy.load_optimizer)."""
         set_distributed_env(rank, world_size, master_addr, master_port)
         from learner.policy import Policy, load_processor
 
@@ -79,10 +82,15 @@ class LearnerRank:
             reference_path=reference_path,
         )
         self.bucket_bytes = int(bucket_mib * 2**20)
+        self.optimizer_restore = self.policy.load_optimizer(model_path) if restore_optimizer else None
 
     def ping(self) -> int:
         """The rank; answers once the policy is built."""
         return self.rank
+
+    def optimizer_restored(self) -> str | None:
+        """What restoring the optimizer state did, in words (None: not asked to)."""
+        return self.optimizer_restore
 
     def train_iteration(
         self, minibatches: Sequence[Sequence[TrainRollout]], global_num_tokens: Sequence[int]
@@ -154,9 +162,12 @@ class LearnerRank:
         state = self.weights()
         return None if state is None else buckets(state, self.bucket_bytes)
 
-    def save(self, out_dir: str | Path) -> None:
-        """A checkpoint transformers and vLLM load (rank 0 writes). A collective."""
+    def save(self, out_dir: str | Path, optimizer: bool = False) -> None:
+        """A checkpoint transformers and vLLM load (rank 0 writes). A collective. `optimizer`: every
+        rank also writes its AdamW state, for an exact --resume (Policy.save_optimizer)."""
         self.policy.save_pretrained(out_dir, self.processor)
+        if optimizer:
+            self.policy.save_optimizer(out_dir)
 
 
 def buckets(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:

@@ -87,7 +87,7 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path):
     ray.kill(fresh)
 
 
-def test_resume_continues_at_the_next_batch_from_the_latest_checkpoint(ray_local, tmp_path):
+def test_resume_continues_at_the_next_batch_from_the_latest_checkpoint(ray_local, tmp_path, capsys):
     from cluster.train import run_train
 
     common = [*OVERRIDES, "learner.num_ranks=1", "rollout.num_workers=1", "cluster.checkpoint_every=1",
@@ -96,7 +96,10 @@ def test_resume_continues_at_the_next_batch_from_the_latest_checkpoint(ray_local
     run = tmp_path / "r"
     with (run / "metrics.jsonl").open("a") as f:  # an attempt that died after logging iteration 1
         f.write(json.dumps({"iteration": 1, "policy_version": 99}) + "\n")
+    assert (run / "checkpoints" / "iter_000001" / "optimizer" / "rank000-of-001.safetensors").is_file()
+    capsys.readouterr()
     assert run_train(load_config(None, [*common, "cluster.iterations=2"]), resume=True) == 0
+    assert "learner: optimizer state restored" in capsys.readouterr().out
 
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(m["iteration"], m["policy_version"]) for m in metrics] == [(0, 1), (1, 2)]

@@ -87,14 +87,12 @@ def rollouts(ray_cluster, engine):
     return sample(ray_cluster, engine, seed=0)
 
 
-def spawn_ranks(ray, model_path, cfg, world_size, micro_batches_per_step):
+def spawn_ranks(ray, model_path, cfg, world_size, micro_batches_per_step, restore_optimizer=False):
     """world_size LearnerRanks as Ray actors, ready."""
     actor = ray.remote(num_cpus=0.5)(LearnerRank)
     port = free_port()
-    ranks = [
-        actor.remote(model_path, cfg, r, world_size, LOOPBACK, port, micro_batches_per_step, load_image)
-        for r in range(world_size)
-    ]
+    args = (LOOPBACK, port, micro_batches_per_step, load_image, None, restore_optimizer)
+    ranks = [actor.remote(model_path, cfg, r, world_size, *args) for r in range(world_size)]
     assert ray.get([r.ping.remote() for r in ranks], timeout=RPC_TIMEOUT_S) == list(range(world_size))
     return ranks
 
@@ -195,6 +193,54 @@ def test_two_ranks_apply_exactly_the_global_token_mean_gradient(model_path, roll
     difference = max_difference(one_weights, weights[0])
     print(f"ZeRO-2 world 2 vs world 1: max |Δweight| {difference:.1e} after 3 updates")
     assert difference < 1e-5
+
+
+@pytest.mark.parametrize(("stage", "world"), [(2, 1), (3, 2)])
+def test_a_checkpoint_with_its_optimizer_state_resumes_exactly(model_path, rollouts, ray_cluster, tmp_path, stage, world):
+    first, second = rollouts[:8], rollouts[8:]
+    cfg = LearnerConfig(zero_stage=stage, micro_batch_size=4 // world, kl_coef=0.0, lr=1e-3, warmup_steps=4)
+    checkpoint = str(tmp_path / "checkpoint")
+
+    def update_and_close(ranks):
+        """One more update on `first`: its lr and the weights after it."""
+        metrics = train_on_ranks(ray_cluster, ranks, [first])
+        weights = ray_cluster.get([r.weights.remote() for r in ranks], timeout=RPC_TIMEOUT_S)[0]
+        for r in ranks:
+            ray_cluster.kill(r)
+        return metrics["lr"], weights
+
+    ranks = spawn_ranks(ray_cluster, model_path, cfg, world, 2)
+    train_on_ranks(ray_cluster, ranks, [first])
+    train_on_ranks(ray_cluster, ranks, [second])
+    ray_cluster.get([r.save.remote(checkpoint, True) for r in ranks], timeout=RPC_TIMEOUT_S)
+    lr, continued = update_and_close(ranks)
+
+    resumed = spawn_ranks(ray_cluster, checkpoint, cfg, world, 2, restore_optimizer=True)
+    notes = ray_cluster.get([r.optimizer_restored.remote() for r in resumed], timeout=RPC_TIMEOUT_S)
+    assert all(note.startswith("optimizer state restored") for note in notes), notes
+    resumed_lr, after_resume = update_and_close(resumed)
+    assert resumed_lr == lr == pytest.approx(3e-3 / 4)  # the third warmup step, not the first
+    difference = max_difference(continued, after_resume)
+    print(f"ZeRO-{stage} world {world}: resumed vs uninterrupted max |Δweight| {difference:.1e}")
+    assert difference < 1e-6
+
+    # the same checkpoint without its optimizer state: AdamW and the warmup start over, and it shows
+    fresh_lr, after_fresh = update_and_close(spawn_ranks(ray_cluster, checkpoint, cfg, world, 2))
+    assert fresh_lr == pytest.approx(1e-3 / 4)
+    assert max_difference(continued, after_fresh) > 1e-5
+
+
+def test_optimizer_state_of_another_world_size_is_not_restored(model_path, ray_cluster, tmp_path):
+    cfg = LearnerConfig(zero_stage=2, micro_batch_size=4, kl_coef=0.0)
+    (rank,) = spawn_ranks(ray_cluster, model_path, cfg, 1, 2)
+    ray_cluster.get(rank.save.remote(str(tmp_path), True), timeout=RPC_TIMEOUT_S)
+    ray_cluster.kill(rank)
+    assert (tmp_path / "optimizer" / "rank000-of-001.safetensors").is_file()
+    two = spawn_ranks(ray_cluster, str(tmp_path), cfg.model_copy(update={"micro_batch_size": 2}), 2, 2, True)
+    notes = ray_cluster.get([r.optimizer_restored.remote() for r in two], timeout=RPC_TIMEOUT_S)
+    for r in two:
+        ray_cluster.kill(r)
+    assert all(note.startswith("no optimizer state for 2 rank(s)") for note in notes), notes
 
 
 def test_zero3_weights_have_checkpoint_names_and_reload_into_vllm(
