@@ -20,10 +20,10 @@ from cluster.data.images import load_image
 from cluster.datasets import image_policy
 from cluster.launch import start_ray, worker_env
 from cluster.models import resolve_model
-from cluster.pools import Placement, Role, free_port, wait_all
+from cluster.pools import Placement, Role, wait_all
 from cluster.sample import engine_settings, reward_rules, rollout_sampling
 from cluster.transport import make_transport
-from cluster.workers import LearnerGroup, Receivers, RewardPool, RolloutPool
+from cluster.workers import LearnerGroup, Receivers, RewardPool, RolloutPool, learner_rank_args
 from learner.batch import micro_batches_per_step
 from learner.rank import LearnerRank
 from rewards.worker import RewardWorker
@@ -78,12 +78,8 @@ class TrainingCluster:
         cfg = self.cfg
         mini_batch = cfg.cluster.prompts_per_iteration // cfg.learner.updates_per_iteration * cfg.rollout.group_size
         steps = micro_batches_per_step(mini_batch, cfg.learner.num_ranks, cfg.learner.micro_batch_size)
-        port, world = free_port(), cfg.learner.num_ranks
-        return self.placement.spawn(
-            "learner", LearnerRank,
-            [(model_path, cfg.learner, rank, world, "127.0.0.1", port, steps, loader, reference_path, resume)
-             for rank in range(world)],
-        )  # fmt: skip
+        args = learner_rank_args(model_path, cfg.learner, steps, loader, reference_path, resume)
+        return self.placement.spawn("learner", LearnerRank, args)
 
     def _wait_ready(self) -> None:
         actors = self.rollout.actors + self.reward.actors + self.learner.ranks

@@ -29,7 +29,7 @@ from cluster.data.responses import scene_description
 from cluster.data.sample import Sample
 from cluster.datasets import image_policy, load_samples
 from cluster.models import resolve_model
-from cluster.pools import Placement, Role, free_port, wait_all
+from cluster.pools import Placement, Role, wait_all
 from cluster.rundir import run_dir
 from learner.batch import TrainRollout, micro_batches_per_step, num_completion_tokens
 from learner.config import LearnerConfig
@@ -48,7 +48,6 @@ from learner.sft import (
 
 GRPO_TARGET = "response_grpo"  # the synthetic manifests' <think>-form reference (cluster.data.synthetic)
 METRICS_FILE = "sft_metrics.jsonl"
-LOOPBACK = "127.0.0.1"
 
 # One optimizer step: shards[rank] (that rank's part of the mini-batch) and its global target tokens.
 Step = tuple[list[list[TrainRollout]], int]
@@ -235,6 +234,7 @@ def learner_ranks(
     import ray
 
     from cluster.launch import start_ray, worker_env
+    from cluster.workers import learner_rank_args
     from learner.rank import LearnerRank
 
     on_gpu = learner_cfg.num_gpus_per_rank > 0
@@ -243,10 +243,7 @@ def learner_ranks(
         "learner", learner_cfg.num_ranks, learner_cfg.num_cpus_per_rank, learner_cfg.num_gpus_per_rank
     )
     placement = Placement([role], cfg.cluster.startup_timeout_s, worker_env(cfg, on_gpu))
-    port, world = free_port(), learner_cfg.num_ranks
-    args = [
-        (model_path, learner_cfg, rank, world, LOOPBACK, port, micro_batches, loader) for rank in range(world)
-    ]
+    args = learner_rank_args(model_path, learner_cfg, micro_batches, loader)
     ranks: list[Any] = []
     try:
         ranks = placement.spawn("learner", LearnerRank, args)

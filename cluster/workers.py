@@ -14,8 +14,24 @@ from typing import Any
 import ray
 
 from actors.types import PromptRequest
-from cluster.pools import wait_all
+from cluster.pools import free_port, wait_all
 from rewards.scoring import ScoreItem
+
+LOOPBACK = "127.0.0.1"  # the ranks' rendezvous: one node
+
+
+def learner_rank_args(
+    model_path: str, learner: Any, micro_batches: int, loader: Any, reference_path: str | None = None,
+    restore_optimizer: bool = False,
+) -> list[tuple]:  # fmt: skip
+    """The LearnerRank constructor arguments of each of `learner.num_ranks` ranks (learner.rank),
+    rendezvousing on a free loopback port; `reference_path` defaults to `model_path`."""
+    port, world = free_port(), learner.num_ranks
+    return [
+        (model_path, learner, rank, world, LOOPBACK, port, micro_batches, loader,
+         reference_path or model_path, restore_optimizer)
+        for rank in range(world)
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)

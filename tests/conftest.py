@@ -31,3 +31,14 @@ def ray_local():
     start_ray(RunConfig(), on_gpu=False, extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), *test_dirs])})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def random_init_tiny_model() -> Path:
+    """The embedded model's build without its caption pretraining (seconds, into the project cache):
+    the same tokenizer, processor and chat template as `model.path=tiny`, random weights."""
+    from cluster.models import tiny_corpus
+    from cluster.paths import cache_dir
+    from cluster.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model(cache_dir() / "models", tiny_corpus())

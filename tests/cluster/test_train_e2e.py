@@ -17,12 +17,9 @@ from cluster.config import load_config
 from cluster.data.images import load_image
 from cluster.datasets import image_policy, load_samples
 from cluster.metrics import MetricsLog
-from cluster.models import tiny_corpus
-from cluster.paths import cache_dir
 from cluster.sample import engine_settings, prompt_request
 from cluster.session import TrainingCluster
 from cluster.stream import PromptStream
-from cluster.tiny_model import ensure_tiny_model
 from cluster.train import latest_checkpoint, train_loop
 
 pytestmark = pytest.mark.slow
@@ -41,14 +38,14 @@ def _greedy(actor, probe) -> list[list[int]]:
     return [g.completions[0].token_ids for g in ray.get(actor.generate.remote(probe, GREEDY), timeout=300)]
 
 
-def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path):
+def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_init_tiny_model):
     evaluation = ["cluster.eval_every=1", "cluster.eval_limit=2"]
     cfg = load_config(None, [*OVERRIDES, *evaluation, f"cluster.output_dir={tmp_path}", "cluster.run_name=e2e"])
     run = tmp_path / "e2e"
     run.mkdir()
     # the random-init build: its varied, unformatted text gets varied judge rewards, so the two
     # iterations have nonzero advantages (the pretrained model's plain descriptions all score alike)
-    model_path = str(ensure_tiny_model(cache_dir() / "models", tiny_corpus()))
+    model_path = str(random_init_tiny_model)
     samples = load_samples(cfg.data.train, cfg.data).samples
     probe = [prompt_request(s, i, "set", seed=i) for i, s in enumerate(samples[:3])]
     with TrainingCluster(cfg, model_path) as tc:

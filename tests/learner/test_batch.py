@@ -1,16 +1,13 @@
 """Train batches: image-token checks, completion masks, padding, and learner/engine logprob agreement."""
 
-import io
 import os
-import socket
 
 import pytest
 import torch
-from PIL import Image
+from tiny_inputs import CORPUS, free_port, png
 
 from cluster.data.images import load_image
 from cluster.paths import torch_extensions_dir
-from cluster.tiny_model import ensure_tiny_model
 from learner.batch import (
     IMAGE_PAD,
     TrainRollout,
@@ -21,31 +18,6 @@ from learner.batch import (
     rollouts_from_group,
     split,
 )
-
-CORPUS = [
-    "a red square on a blue background.",
-    "the picture shows a happy family at the beach.",
-    "what emotion does this image evoke?",
-    "a dark stormy sky over an empty road.",
-] * 8
-
-
-def png(color, side):
-    """Encoded PNG bytes: the ImageRef form images travel in."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side), color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.mktemp("models"), CORPUS)
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,17 @@ Rollouts come from a real vLLM engine (fp32) in a Ray actor; world-size-1 ranks 
 world-size-2 ranks are two Ray actors (STACK.md §6-7).
 """
 
-import io
 import math
-import socket
 import time
 from dataclasses import replace
 
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
+from tiny_inputs import CORPUS, LOOPBACK, free_port, png
 
 from actors.types import PromptRequest, SamplingSettings
 from cluster.data.images import load_image
-from cluster.tiny_model import ensure_tiny_model
 from learner.batch import collate, completion_logits, num_completion_tokens, rollouts_from_group, split
 from learner.config import LearnerConfig
 from learner.grpo import GrpoLossConfig, grpo_loss, token_logprobs
@@ -26,35 +23,11 @@ from learner.rank import LearnerRank, combine_rank_metrics
 
 pytestmark = pytest.mark.slow
 
-CORPUS = [
-    "a red square on a blue background.",
-    "the picture shows a happy family at the beach.",
-    "what emotion does this image evoke?",
-    "a dark stormy sky over an empty road.",
-] * 8
 ADVANTAGES = [1.0, -1.0, 0.5, -0.5]  # one group of G = 4
 IMAGES = [((200, 30, 30), 112), ((30, 30, 200), 56), ((240, 200, 20), 84), ((20, 20, 20), 112)]
-LOOPBACK = "127.0.0.1"
 RPC_TIMEOUT_S = 300
 METRICS = {"loss", "pg_loss", "clip_fraction", "entropy", "grad_norm", "logprob_mismatch_mean"}
 METRICS |= {"logprob_mismatch_max", "prob_ratio_error", "num_tokens", "train_s", "lr"}
-
-
-def png(color, side):
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side), color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.mktemp("models"), CORPUS)
 
 
 @pytest.fixture(scope="module")

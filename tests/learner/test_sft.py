@@ -14,9 +14,6 @@ from cluster.data.images import load_image
 from cluster.data.manifest import load_dataset
 from cluster.data.synthetic import generate
 from cluster.datasets import image_policy
-from cluster.models import tiny_corpus
-from cluster.paths import cache_dir
-from cluster.tiny_model import ensure_tiny_model
 from learner.batch import IMAGE_PAD, TrainRollout, collate, split
 from learner.config import SftConfig
 from learner.sft import (
@@ -46,12 +43,11 @@ CFG = SftConfig(reflection_share=1.0, seed=3)  # 8 samples → 4 coherence, 2 ye
 
 
 @pytest.fixture(scope="module")
-def processor():
+def processor(random_init_tiny_model):
     from learner.policy import load_processor
 
-    # the embedded model's tokenizer and image processor; the caption pretraining (minutes) changes
-    # only the weights, so the random-init build of the same corpus has the same processor
-    return load_processor(ensure_tiny_model(cache_dir() / "models", tiny_corpus()))
+    # the embedded model's tokenizer and image processor (the caption pretraining changes weights only)
+    return load_processor(random_init_tiny_model)
 
 
 @pytest.fixture(scope="module")
