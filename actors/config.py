@@ -14,7 +14,9 @@ class RolloutConfig(BaseModel):
 
     num_workers: int = Field(1, ge=1, description="rollout workers, each a Ray actor owning one vLLM engine")
     num_cpus_per_worker: float = Field(0.5, gt=0, description="Ray CPUs reserved per rollout worker")
-    num_gpus_per_worker: float = Field(0, ge=0, description="Ray GPUs per worker (= tensor_parallel_size on GPU)")
+    num_gpus_per_worker: float = Field(
+        0, ge=0, description="Ray GPUs per worker (= tensor_parallel_size on GPU)"
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPU only)")
     group_size: int = Field(8, ge=2, description="G: completions per prompt (METHOD.md §4: 8, also 4)")
     temperature: float = Field(

@@ -21,7 +21,9 @@ class RolloutWorker:
         self.engine = Engine(settings, image_loader, version)
         self.sampling = sampling
 
-    def generate(self, requests: Sequence[PromptRequest], sampling: SamplingSettings | None = None) -> list[Group]:
+    def generate(
+        self, requests: Sequence[PromptRequest], sampling: SamplingSettings | None = None
+    ) -> list[Group]:
         """G completions per request (or as `sampling` says), all from `self.version`."""
         return self.engine.generate(requests, sampling or self.sampling)
 

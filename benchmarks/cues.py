@@ -50,7 +50,9 @@ def manifest_rows(path: Path, limit: int | None = None) -> list[Row]:
     return rows
 
 
-def cue_recall(model: Any, processor: Any, rows: Sequence[Row], prompt: PromptKind = "caption") -> dict[str, Any]:
+def cue_recall(
+    model: Any, processor: Any, rows: Sequence[Row], prompt: PromptKind = "caption"
+) -> dict[str, Any]:
     """Per-slot share of cues read, the mean over slots, and the share of images read fully, with the
     caption prompt or the row's question under the SET / GRPO instruction as the user text."""
     import torch
@@ -118,7 +120,9 @@ def run(model_paths: Sequence[str], overrides: Sequence[str], limit: int, out: P
     print("|---|---|---|---|---|---|")
     for r in results:
         slots = ", ".join(f"{slot} {share:.1%}" for slot, share in r["slots"].items())
-        print(f"| {r['model']} | {r['source']} | {r['prompt']} | {r['mean']:.1%} | {r['all_read']:.1%} | {slots} |")
+        print(
+            f"| {r['model']} | {r['source']} | {r['prompt']} | {r['mean']:.1%} | {r['all_read']:.1%} | {slots} |"
+        )
     if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -19,7 +19,12 @@ from pathlib import Path
 
 from cluster.config import RunConfig, load_config
 
-BASE = ["cluster.eval_every=0", "cluster.dump_rollouts=0", "cluster.tensorboard=false", "cluster.checkpoint_every=0"]
+BASE = [
+    "cluster.eval_every=0",
+    "cluster.dump_rollouts=0",
+    "cluster.tensorboard=false",
+    "cluster.checkpoint_every=0",
+]
 
 
 class PeakMemory:
@@ -113,7 +118,9 @@ def push_times(overrides: list[str], repeats: int = 3) -> dict[str, float]:
     with TrainingCluster(cfg, resolve_model(cfg.model.path)) as tc:
         version = 0
         for n in (1, 2, 4):
-            transport = ObjectStoreTransport(tc.learner, Receivers(tc.rollout.actors[:n]), cfg.cluster.sync_timeout_s)
+            transport = ObjectStoreTransport(
+                tc.learner, Receivers(tc.rollout.actors[:n]), cfg.cluster.sync_timeout_s
+            )
             times = []
             for _ in range(repeats):
                 version += 1
@@ -131,7 +138,9 @@ def run(overrides: list[str], iterations: int, out: Path | None) -> dict:
         "weight_push_s": push_times(overrides),
     }
     s = result["stages"]
-    result["reflection_ratio"] = s["with_reflection"]["timing_s/iteration"] / s["without_reflection"]["timing_s/iteration"]
+    result["reflection_ratio"] = (
+        s["with_reflection"]["timing_s/iteration"] / s["without_reflection"]["timing_s/iteration"]
+    )
     result["peak_memory_gb"] = memory.stop()
     result["wall_s"] = time.perf_counter() - started
     print(format_result(result))

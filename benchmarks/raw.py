@@ -26,8 +26,13 @@ def raw_tokens_per_s(cfg: RunConfig, model_path: str, samples: list, repeats: in
     policy = image_policy(cfg.data)
     prompts = []
     for sample in samples:
-        content = [{"type": "image"}, {"type": "text", "text": build_user_text(sample.question, cfg.data.prompt_style)}]
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        content = [
+            {"type": "image"},
+            {"type": "text", "text": build_user_text(sample.question, cfg.data.prompt_style)},
+        ]
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True
+        )
         prompts.append({"prompt": text, "multi_modal_data": {"image": load_image(sample.image, policy)}})
     params = SamplingParams(n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
                             logprobs=0)  # fmt: skip

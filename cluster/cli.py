@@ -14,8 +14,12 @@ from cluster.config import ConfigError, load_config, to_yaml
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML run config (default: built-in defaults = the embedded CPU default)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rollout.group_size=4")
+    p.add_argument(
+        "--config", "-c", help="YAML run config (default: built-in defaults = the embedded CPU default)"
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. rollout.group_size=4"
+    )
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -40,8 +44,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from cluster.data.synthetic import generate
 
     paths = generate(
-        args.out, style=args.style, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-        size=args.size, ambiguity=args.ambiguity,
+        args.out,
+        style=args.style,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        seed=args.seed,
+        size=args.size,
+        ambiguity=args.ambiguity,
     )
     for path in paths:
         print(path)
@@ -59,7 +68,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from rewards.offline import format_summary, rescore_jsonl
     from rewards.rules import RewardRules
 
-    rules = RewardRules(total=args.weights, strict_yes_no=args.strict_yes_no, strict_label_match=args.strict_label)
+    rules = RewardRules(
+        total=args.weights, strict_yes_no=args.strict_yes_no, strict_label_match=args.strict_label
+    )
     summary = rescore_jsonl(args.input, args.output, rules)
     print(format_summary(summary))
     return 0 if summary.n_scored else 1
@@ -133,16 +144,18 @@ def _add_config_commands(sub) -> None:
     show = config.add_parser("show", help="print the resolved config")
     _add_config_args(show)
     show.set_defaults(func=cmd_config_show)
-    config.add_parser("reference", help="print every field with its default and meaning (markdown)").set_defaults(
-        func=cmd_config_reference
-    )
+    config.add_parser(
+        "reference", help="print every field with its default and meaning (markdown)"
+    ).set_defaults(func=cmd_config_reference)
 
 
 def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="action", required=True)
     check = data.add_parser("check", help="validate every sample and image of a manifest or folder")
     check.add_argument("path", help="JSONL/parquet manifest or class-per-folder tree")
-    check.add_argument("--label-set", choices=["emoset", "emotion6", "webemo"], help="for manifests without labels")
+    check.add_argument(
+        "--label-set", choices=["emoset", "emotion6", "webemo"], help="for manifests without labels"
+    )
     check.add_argument("--workers", type=int, default=8, help="image decoding threads")
     check.set_defaults(func=cmd_data_check)
     synth = data.add_parser("synth", help="generate the synthetic affective-scene data set")
@@ -183,7 +196,11 @@ def _add_job_commands(sub) -> None:
         _add_config_args(job)
         job.set_defaults(func=func)
         if name == "train":
-            job.add_argument("--resume", action="store_true", help="continue the run cluster.run_name from its latest checkpoint")
+            job.add_argument(
+                "--resume",
+                action="store_true",
+                help="continue the run cluster.run_name from its latest checkpoint",
+            )
 
 
 def _add_eval_command(sub) -> None:
@@ -208,22 +225,40 @@ def _add_eval_command(sub) -> None:
 def _add_compare_command(sub) -> None:
     from cluster.compare import METHODS
 
-    cmp = sub.add_parser("compare", help="GRPO vs SET vs SET + RER, same budget, several seeds: mean ± std table")
+    cmp = sub.add_parser(
+        "compare", help="GRPO vs SET vs SET + RER, same budget, several seeds: mean ± std table"
+    )
     _add_config_args(cmp)
-    cmp.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="methods to run")
-    cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (cluster.seed and sft.seed)")
-    cmp.add_argument("--name", default="compare", help="folder under cluster.output_dir; reruns reuse finished runs")
+    cmp.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="methods to run"
+    )
+    cmp.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (cluster.seed and sft.seed)"
+    )
+    cmp.add_argument(
+        "--name", default="compare", help="folder under cluster.output_dir; reruns reuse finished runs"
+    )
     cmp.set_defaults(func=cmd_compare)
 
 
 def _add_bench_commands(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(dest="action", required=True)
-    loop = bench.add_parser("loop", help="stage times, worker vs raw vLLM, reflection cost, weight push vs engines")
-    loop.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every measured run")
-    loop.add_argument("--iterations", type=int, default=3, help="measured iterations per run (after one warm-up)")
+    bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(
+        dest="action", required=True
+    )
+    loop = bench.add_parser(
+        "loop", help="stage times, worker vs raw vLLM, reflection cost, weight push vs engines"
+    )
+    loop.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every measured run"
+    )
+    loop.add_argument(
+        "--iterations", type=int, default=3, help="measured iterations per run (after one warm-up)"
+    )
     loop.add_argument("--out", help="also write the numbers as JSON here")
     loop.set_defaults(func=cmd_bench_loop)
-    cues = bench.add_parser("cues", help="teacher-forced cue recall: how well a model reads the synthetic scenes")
+    cues = bench.add_parser(
+        "cues", help="teacher-forced cue recall: how well a model reads the synthetic scenes"
+    )
     cues.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (data.synthetic.*)")
     cues.add_argument("--model", nargs="+", default=["tiny"], help="model folders, or 'tiny' (default)")
     cues.add_argument("--limit", type=int, default=128, help="test images per style (default 128)")

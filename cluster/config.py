@@ -30,7 +30,9 @@ class ConfigError(ValueError):
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field("tiny", description="HF-format model folder, or 'tiny' for the embedded model built offline")
+    path: str = Field(
+        "tiny", description="HF-format model folder, or 'tiny' for the embedded model built offline"
+    )
 
 
 class SyntheticConfig(BaseModel):
@@ -74,13 +76,17 @@ class DataConfig(BaseModel):
     label_set: Literal["emoset", "emotion6", "webemo"] | None = Field(
         None, description="label set for manifests without a labels column"
     )
-    prompt_style: Literal["set", "grpo"] = Field("set", description="SET instruction or the GRPO <think> baseline")
+    prompt_style: Literal["set", "grpo"] = Field(
+        "set", description="SET instruction or the GRPO <think> baseline"
+    )
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     shuffle: bool = Field(True, description="reshuffle the training set every epoch (seeded)")
     min_side: int = Field(28, ge=1, description="images with a shorter side are skipped")
     max_aspect: float = Field(200.0, gt=1, description="images with a larger aspect ratio are skipped")
-    max_source_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb guard, read from the header")
+    max_source_pixels: int = Field(
+        64_000_000, gt=0, description="decompression-bomb guard, read from the header"
+    )
     min_pixels: int = Field(56 * 56, gt=0, description="smaller images are upscaled to this area")
     max_pixels: int = Field(448 * 448, gt=0, description="larger images are downscaled to this area")
 
@@ -100,7 +106,9 @@ class DataConfig(BaseModel):
     @model_validator(mode="after")
     def _pixel_bounds(self) -> DataConfig:
         if self.min_pixels > self.max_pixels:
-            raise ValueError("min_pixels is larger than max_pixels; lower data.min_pixels or raise data.max_pixels")
+            raise ValueError(
+                "min_pixels is larger than max_pixels; lower data.min_pixels or raise data.max_pixels"
+            )
         return self
 
 
@@ -118,8 +126,12 @@ class ClusterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ray_address: str | None = Field(None, description="existing Ray cluster; None: $RAY_ADDRESS, else a local Ray")
-    allow_insecure_remote: bool = Field(False, description="allow a non-loopback Ray address without token auth")
+    ray_address: str | None = Field(
+        None, description="existing Ray cluster; None: $RAY_ADDRESS, else a local Ray"
+    )
+    allow_insecure_remote: bool = Field(
+        False, description="allow a non-loopback Ray address without token auth"
+    )
     num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started when no cluster is given")
     iterations: int = Field(20, ge=1, description="generate→score→train→sync cycles")
     prompts_per_iteration: int = Field(16, ge=1, description="B: prompts per iteration (METHOD.md §4: 512)")
@@ -133,15 +145,21 @@ class ClusterConfig(BaseModel):
         "exactly (about 3x the fp32 parameter bytes per checkpoint; safetensors); false: moments restart on resume",
     )
     eval_every: int = Field(10, ge=0, description="iterations between held-out evaluations (0: off)")
-    eval_limit: int = Field(256, ge=1, description="held-out samples per data.eval source in in-training evaluation")
-    eval_greedy: bool = Field(False, description="in-training evaluation greedy instead of temperature 0.6 / top_p 0.95")
+    eval_limit: int = Field(
+        256, ge=1, description="held-out samples per data.eval source in in-training evaluation"
+    )
+    eval_greedy: bool = Field(
+        False, description="in-training evaluation greedy instead of temperature 0.6 / top_p 0.95"
+    )
     dump_rollouts: int = Field(8, ge=0, description="rollouts per iteration written to rollouts.jsonl")
     weight_transport: Literal["object_store"] = Field(
-        "object_store", description="how weights reach engines (object_store: Ray's object store, CPU and GPU)"
+        "object_store",
+        description="how weights reach engines (object_store: Ray's object store, CPU and GPU)",
     )
     tensorboard: bool = Field(True, description="write TensorBoard logs beside metrics.jsonl")
     worker_logs: bool = Field(
-        False, description="forward the workers' stdout/stderr to the driver (local Ray; always kept in Ray's log dir)"
+        False,
+        description="forward the workers' stdout/stderr to the driver (local Ray; always kept in Ray's log dir)",
     )
     startup_timeout_s: float = Field(600, gt=0, description="deadline for actors to come up")
     generate_timeout_s: float = Field(600, gt=0, description="deadline for one group's generation")
@@ -169,13 +187,21 @@ class RunConfig(BaseModel):
     @property
     def cpus_requested(self) -> float:
         r, w, lr = self.rollout, self.reward, self.learner
-        return r.num_workers * r.num_cpus_per_worker + w.num_workers * w.num_cpus_per_worker + lr.num_ranks * lr.num_cpus_per_rank
+        return (
+            r.num_workers * r.num_cpus_per_worker
+            + w.num_workers * w.num_cpus_per_worker
+            + lr.num_ranks * lr.num_cpus_per_rank
+        )
 
 
 def cross_section_problems(cfg: RunConfig) -> list[str]:
     """Rules spanning sections: batch splits and the local resource budget."""
     problems = []
-    b, updates, ranks = cfg.cluster.prompts_per_iteration, cfg.learner.updates_per_iteration, cfg.learner.num_ranks
+    b, updates, ranks = (
+        cfg.cluster.prompts_per_iteration,
+        cfg.learner.updates_per_iteration,
+        cfg.learner.num_ranks,
+    )
     if b % updates:
         problems.append(
             f"cluster.prompts_per_iteration={b} does not split into learner.updates_per_iteration={updates} "
@@ -218,7 +244,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, not {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of sections, not {type(data).__name__}"
+        )
     return data
 
 

@@ -22,7 +22,9 @@ class Evaluator:
         self.tc = tc
         self.every = cfg.cluster.eval_every if cfg.data.eval else 0
         self.datasets = (
-            load_sources(cfg.data.eval, cfg.data, limit=cfg.cluster.eval_limit, seed=cfg.cluster.seed) if self.every else {}
+            load_sources(cfg.data.eval, cfg.data, limit=cfg.cluster.eval_limit, seed=cfg.cluster.seed)
+            if self.every
+            else {}
         )
         self.sampling = evaluation_sampling(cfg.cluster.eval_greedy, cfg.rollout.max_new_tokens)
         self.last_version: int | None = None

@@ -77,7 +77,9 @@ def start_ray(cfg: RunConfig, on_gpu: bool, extra_env: dict[str, str] | None = N
     if address is not None:  # actors get `env` through their own runtime env (cluster.pools.Placement)
         ray.init(address=address, log_to_driver=True)
         return
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep every Ray listener on 127.0.0.1 (STACK.md §6)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = (
+        "0"  # keep every Ray listener on 127.0.0.1 (STACK.md §6)
+    )
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("RAY_ADDRESS", None)
     ray.init(

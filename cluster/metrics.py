@@ -47,8 +47,12 @@ def rollout_metrics(rollouts: IterationRollouts) -> dict[str, float]:
         "reward/failures": float(len(rollouts.reward_failures)),
     }
     if reflected:
-        metrics["reflection/coherence_agree_rate"] = statistics.fmean([s.rewards.coherence == 1.0 for s in reflected])
-        metrics["reflection/consistency_yes_rate"] = statistics.fmean([s.rewards.consistency == 1.0 for s in reflected])
+        metrics["reflection/coherence_agree_rate"] = statistics.fmean(
+            [s.rewards.coherence == 1.0 for s in reflected]
+        )
+        metrics["reflection/consistency_yes_rate"] = statistics.fmean(
+            [s.rewards.consistency == 1.0 for s in reflected]
+        )
         metrics["reflection/undecided_rate"] = statistics.fmean(
             [0.5 in (s.rewards.coherence, s.rewards.consistency) for s in reflected]
         )

@@ -18,7 +18,9 @@ def tiny_corpus() -> list[str]:
     """The task's own text: reference reasoning of both synthetic styles (SET and GRPO forms)."""
     from cluster.data.synthetic import reference_corpus
 
-    return [text for style in ("emoset", "emotion6") for text in reference_corpus(style, CORPUS_SIZE, CORPUS_SEED)]
+    return [
+        text for style in ("emoset", "emotion6") for text in reference_corpus(style, CORPUS_SIZE, CORPUS_SEED)
+    ]
 
 
 def resolve_model(path: str) -> str:
@@ -51,7 +53,11 @@ def tiny_captions() -> list[tuple[str, str, str]]:
                             ambiguity=PRETRAIN_AMBIGUITY)  # fmt: skip
         for i, line in enumerate(train.read_text().splitlines()):
             row = json.loads(line)
-            prompts = (CAPTION_PROMPT, build_user_text(row["problem"], "set"), build_user_text(row["problem"], "grpo"))
+            prompts = (
+                CAPTION_PROMPT,
+                build_user_text(row["problem"], "set"),
+                build_user_text(row["problem"], "grpo"),
+            )
             description = scene_description(row["response"])
             triples.append((os.fspath(root / row["images"][0]), prompts[i % len(prompts)], description))
     return triples

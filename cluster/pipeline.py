@@ -49,7 +49,11 @@ def eval_records(records: list[dict]) -> list[dict]:
 
 
 def datasets(record: dict) -> list[str]:
-    return [k.removeprefix("eval/").removesuffix("/accuracy") for k in record if k.endswith("/accuracy") and k.startswith("eval/")]
+    return [
+        k.removeprefix("eval/").removesuffix("/accuracy")
+        for k in record
+        if k.endswith("/accuracy") and k.startswith("eval/")
+    ]
 
 
 def before_after_table(records: list[dict]) -> str:
@@ -63,10 +67,14 @@ def before_after_table(records: list[dict]) -> str:
              "|---|---|---|---|"]  # fmt: skip
     names = datasets(first)
     for name in names:
-        cells = [f"{100 * first[f'eval/{name}/{r}']:.1f} → {100 * last[f'eval/{name}/{r}']:.1f}" for r in RATES]
+        cells = [
+            f"{100 * first[f'eval/{name}/{r}']:.1f} → {100 * last[f'eval/{name}/{r}']:.1f}" for r in RATES
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     delta = 100 * (last[f"eval/{names[0]}/accuracy"] - first[f"eval/{names[0]}/accuracy"])
-    lines.append(f"\nin-domain accuracy change over RL: {delta:+.1f} points (v{v0}: after cold-start SFT; v{v1}: after RL)")
+    lines.append(
+        f"\nin-domain accuracy change over RL: {delta:+.1f} points (v{v0}: after cold-start SFT; v{v1}: after RL)"
+    )
     return "\n".join(lines)
 
 
@@ -79,7 +87,9 @@ def plot_learning_curve(records: list[dict], path: Path) -> None:
     train = [r for r in records if "reward/score/mean" in r]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=False)
     for name in CURVE_REWARDS:
-        top.plot([r["iteration"] for r in train], [r[f"reward/{name}/mean"] for r in train], marker=".", label=name)
+        top.plot(
+            [r["iteration"] for r in train], [r[f"reward/{name}/mean"] for r in train], marker=".", label=name
+        )
     top.set(title="rollout rewards per iteration", xlabel="iteration", ylabel="mean")
     top.legend(fontsize=8)
     evals = eval_records(records)

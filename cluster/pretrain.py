@@ -40,7 +40,8 @@ def caption_pretrain(
     from cluster.data.images import load_image
 
     examples = [
-        encode(ExampleText(ANSWER, prompt, image, text), processor, load_image) for image, prompt, text in captions
+        encode(ExampleText(ANSWER, prompt, image, text), processor, load_image)
+        for image, prompt, text in captions
     ]
     rollouts = [example.rollout(i) for i, example in enumerate(examples)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)

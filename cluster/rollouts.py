@@ -60,7 +60,9 @@ def generate_and_score(
         for ref in ready:
             if ref in generating:
                 pending = generating.pop(ref)
-                groups = [ScoredGroup(batch[i], g, []) for i, g in zip(pending.chunk, ray.get(ref), strict=True)]
+                groups = [
+                    ScoredGroup(batch[i], g, []) for i, g in zip(pending.chunk, ray.get(ref), strict=True)
+                ]
                 scoring[reward.submit_score([_item(sg) for sg in groups], version)] = (groups, now)
                 if not generating:
                     result.generate_s = now - start
@@ -87,7 +89,9 @@ def _attach(groups: list[ScoredGroup], ref: ray.ObjectRef, result: IterationRoll
         scores = ray.get(ref)
     except Exception as err:  # the reward worker raised or died: unscorable, not zero
         result.reward_failures.append(repr(err)[:500])
-        scores = [[RolloutScore(None, error="reward worker failed") for _ in sg.group.completions] for sg in groups]
+        scores = [
+            [RolloutScore(None, error="reward worker failed") for _ in sg.group.completions] for sg in groups
+        ]
     for sg, group_scores in zip(groups, scores, strict=True):
         sg.scores = group_scores
     return groups
@@ -102,13 +106,17 @@ def _check_generation_deadline(generating: dict, now: float, timeout_s: float) -
         )
 
 
-def _expire_scoring(scoring: dict, now: float, timeout_s: float, result: IterationRollouts) -> list[ScoredGroup]:
+def _expire_scoring(
+    scoring: dict, now: float, timeout_s: float, result: IterationRollouts
+) -> list[ScoredGroup]:
     expired = []
     for ref, (groups, submitted) in list(scoring.items()):
         if now - submitted > timeout_s:
             del scoring[ref]
             result.reward_failures.append(f"scoring exceeded reward.timeout_s={timeout_s:g} s")
             for sg in groups:
-                sg.scores = [RolloutScore(None, error="reward deadline exceeded") for _ in sg.group.completions]
+                sg.scores = [
+                    RolloutScore(None, error="reward deadline exceeded") for _ in sg.group.completions
+                ]
             expired += groups
     return expired

@@ -48,7 +48,9 @@ def engine_settings(cfg: RunConfig, model_path: str) -> EngineSettings:
 
 def rollout_sampling(cfg: RunConfig) -> SamplingSettings:
     r = cfg.rollout
-    return SamplingSettings(n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens)
+    return SamplingSettings(
+        n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens
+    )
 
 
 def reward_rules(cfg: RunConfig) -> RewardRules:
@@ -74,7 +76,10 @@ def run_sample(cfg: RunConfig) -> int:
     batch = rng.sample(loaded.samples, min(cfg.cluster.prompts_per_iteration, len(loaded.samples)))
     with _timed(times, "engine start"):
         engine = Engine(engine_settings(cfg, model_path), partial(_load, policy=image_policy(cfg.data)))
-    requests = [prompt_request(s, i, cfg.data.prompt_style, cfg.cluster.seed * 100_003 + i) for i, s in enumerate(batch)]
+    requests = [
+        prompt_request(s, i, cfg.data.prompt_style, cfg.cluster.seed * 100_003 + i)
+        for i, s in enumerate(batch)
+    ]
     with _timed(times, "generate"):
         groups = engine.generate(requests, rollout_sampling(cfg))
     items = [ScoreItem(g, s.answer, s.labels, s.image) for g, s in zip(groups, batch, strict=True)]

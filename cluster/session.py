@@ -45,7 +45,6 @@ def judge_settings(cfg: RunConfig, model_path: str) -> EngineSettings:
     return EngineSettings(**{**base.__dict__, "kv_cache_mib": j.kv_cache_mib, "seed": cfg.cluster.seed + 1})
 
 
-
 class TrainingCluster:
     def __init__(self, cfg: RunConfig, model_path: str, reference_path: str | None = None, version: int = 0,
                  resume: bool = False):  # fmt: skip
@@ -69,14 +68,18 @@ class TrainingCluster:
             [(cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i, version)
              for i in range(cfg.reward.num_workers)],
         ), follows_policy=cfg.reward.judge.mode == "policy")  # fmt: skip
-        self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path or model_path, loader, resume))
+        self.learner = LearnerGroup(
+            self._spawn_learner(model_path, reference_path or model_path, loader, resume)
+        )
         self._wait_ready()
         self.transport = make_transport(cfg.cluster.weight_transport, self.learner, self.receivers,
                                         cfg.cluster.sync_timeout_s)  # fmt: skip
 
     def _spawn_learner(self, model_path: str, reference_path: str, loader, resume: bool) -> list:
         cfg = self.cfg
-        mini_batch = cfg.cluster.prompts_per_iteration // cfg.learner.updates_per_iteration * cfg.rollout.group_size
+        mini_batch = (
+            cfg.cluster.prompts_per_iteration // cfg.learner.updates_per_iteration * cfg.rollout.group_size
+        )
         steps = micro_batches_per_step(mini_batch, cfg.learner.num_ranks, cfg.learner.micro_batch_size)
         args = learner_rank_args(model_path, cfg.learner, steps, loader, reference_path, resume)
         return self.placement.spawn("learner", LearnerRank, args)

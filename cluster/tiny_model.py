@@ -136,7 +136,10 @@ class PretrainSpec:
 
 
 def model_digest(
-    corpus: Sequence[str], spec: TinyModelSpec, captions: Sequence[Caption] = (), pretrain: PretrainSpec | None = None
+    corpus: Sequence[str],
+    spec: TinyModelSpec,
+    captions: Sequence[Caption] = (),
+    pretrain: PretrainSpec | None = None,
 ) -> str:
     """Short hash of everything that decides the built folder's content."""
     key = {"build": BUILD_VERSION, "spec": asdict(spec), "corpus": list(corpus)}
@@ -199,7 +202,9 @@ def build_tiny_model(
         if captions:
             from cluster.pretrain import caption_pretrain
 
-            history = caption_pretrain(model, _processor(tokenizer, spec), captions, pretrain or PretrainSpec())
+            history = caption_pretrain(
+                model, _processor(tokenizer, spec), captions, pretrain or PretrainSpec()
+            )
             (Path(out_dir) / PRETRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
         model = model.to(getattr(torch, spec.dtype))
     ids = tokenizer.convert_tokens_to_ids

@@ -44,7 +44,9 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
         eval_metrics = evaluator.maybe_run(iteration, version)
         t0 = time.perf_counter()
         batch = stream.next_batch()
-        requests = [prompt_request(s, i, cfg.data.prompt_style, _seed(cfg, iteration, i)) for i, s in enumerate(batch)]
+        requests = [
+            prompt_request(s, i, cfg.data.prompt_style, _seed(cfg, iteration, i)) for i, s in enumerate(batch)
+        ]
         rollouts = generate_and_score(
             batch, requests, tc.rollout, tc.reward, version, chunk_size=cfg.rollout.chunk_size,
             generate_timeout_s=cfg.cluster.generate_timeout_s, reward_timeout_s=cfg.reward.timeout_s,
@@ -52,7 +54,9 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
         _check_versions(rollouts, version)
         t1 = time.perf_counter()
         shards, num_tokens, adv_metrics = train_shards(rollouts, cfg.learner)
-        train_metrics = combine_rank_metrics(tc.learner.train(shards, num_tokens, cfg.cluster.train_timeout_s))
+        train_metrics = combine_rank_metrics(
+            tc.learner.train(shards, num_tokens, cfg.cluster.train_timeout_s)
+        )
         t2 = time.perf_counter()
         version += 1
         sync_metrics = tc.transport.push(version)
@@ -74,7 +78,9 @@ def _check_versions(rollouts: IterationRollouts, version: int) -> None:
     """Synchronous mode: every rollout of an iteration comes from the version the driver expects."""
     seen = {sg.group.policy_version for sg in rollouts.groups}
     if seen != {version}:
-        raise RuntimeError(f"rollouts from policy versions {sorted(seen)} in an iteration at version {version}")
+        raise RuntimeError(
+            f"rollouts from policy versions {sorted(seen)} in an iteration at version {version}"
+        )
 
 
 def _seed(cfg: RunConfig, iteration: int, index: int) -> int:

@@ -39,6 +39,8 @@ class ObjectStoreTransport:
 TRANSPORTS = {"object_store": ObjectStoreTransport}
 
 
-def make_transport(kind: str, learner: LearnerGroup, receivers: Receivers, timeout_s: float) -> WeightTransport:
+def make_transport(
+    kind: str, learner: LearnerGroup, receivers: Receivers, timeout_s: float
+) -> WeightTransport:
     """The transport named by cluster.weight_transport (validated by the config)."""
     return TRANSPORTS[kind](learner, receivers, timeout_s)

@@ -71,9 +71,14 @@ class LearnerGroup:
     def __init__(self, ranks: list[Any]):
         self.ranks = ranks
 
-    def train(self, shards: list[list[list[Any]]], global_num_tokens: list[int], timeout_s: float) -> list[dict]:
+    def train(
+        self, shards: list[list[list[Any]]], global_num_tokens: list[int], timeout_s: float
+    ) -> list[dict]:
         """One iteration of updates; `shards[r][m]` is rank r's share of mini-batch m."""
-        refs = [rank.train_iteration.remote(shard, global_num_tokens) for rank, shard in zip(self.ranks, shards, strict=True)]
+        refs = [
+            rank.train_iteration.remote(shard, global_num_tokens)
+            for rank, shard in zip(self.ranks, shards, strict=True)
+        ]
         return wait_all(refs, timeout_s, "learner train_iteration")
 
     def publish_weights(self) -> list[ray.ObjectRef]:

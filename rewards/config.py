@@ -33,10 +33,14 @@ class JudgeConfig(BaseModel):
 class RewardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    num_workers: int = Field(1, ge=1, description="reward workers, each a Ray actor with its own judge engine")
+    num_workers: int = Field(
+        1, ge=1, description="reward workers, each a Ray actor with its own judge engine"
+    )
     num_cpus_per_worker: float = Field(0.25, gt=0, description="Ray CPUs reserved per reward worker")
     num_gpus_per_worker: float = Field(0, ge=0, description="Ray GPUs per reward worker (its judge engine)")
-    reflection: bool = Field(True, description="run the Reflective Emotional Reward (off: R_coh = R_cons = 1)")
+    reflection: bool = Field(
+        True, description="run the Reflective Emotional Reward (off: R_coh = R_cons = 1)"
+    )
     total: Literal["release", "paper", "grpo"] = Field(
         "release",
         description="release: 0.8acc+0.1coh+0.1cons+0.1fmt (max 1.1); paper: 0.8acc+0.1(coh+cons)/2+0.1fmt; "

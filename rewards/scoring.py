@@ -53,7 +53,9 @@ class RolloutScore:
         return self.rewards is not None
 
 
-def score_items(items: Sequence[ScoreItem], judge: Judge | None, rules: RewardRules) -> list[list[RolloutScore]]:
+def score_items(
+    items: Sequence[ScoreItem], judge: Judge | None, rules: RewardRules
+) -> list[list[RolloutScore]]:
     """Score every rollout of every item; one list of RolloutScore per item, in order.
 
     With `judge=None` (or the GRPO baseline rules) no reflection runs and R_coh = R_cons = 1, as
@@ -62,7 +64,10 @@ def score_items(items: Sequence[ScoreItem], judge: Judge | None, rules: RewardRu
     if judge is None or not rules.reflective:
         return [[_score(item, c.text, None, None, rules) for c in item.group.completions] for item in items]
     requests = [
-        request for item in items for c in item.group.completions for request in _requests(item, c.text, rules)
+        request
+        for item in items
+        for c in item.group.completions
+        for request in _requests(item, c.text, rules)
     ]
     try:
         answers = judge.reflect(requests)
@@ -75,11 +80,15 @@ def score_items(items: Sequence[ScoreItem], judge: Judge | None, rules: RewardRu
     return [[_score(item, c.text, *next(pairs), rules) for c in item.group.completions] for item in items]
 
 
-def _requests(item: ScoreItem, response: str, rules: RewardRules) -> tuple[ReflectionRequest, ReflectionRequest]:
+def _requests(
+    item: ScoreItem, response: str, rules: RewardRules
+) -> tuple[ReflectionRequest, ReflectionRequest]:
     coherence, consistency = reflection_prompts(response, item.labels, rules)
     return ReflectionRequest(coherence, None), ReflectionRequest(consistency, item.image)
 
 
-def _score(item: ScoreItem, response: str, coherence: str | None, consistency: str | None, rules: RewardRules):
+def _score(
+    item: ScoreItem, response: str, coherence: str | None, consistency: str | None, rules: RewardRules
+):
     rewards = score_response(response, item.gold, item.labels, coherence, consistency, rules)
     return RolloutScore(rewards, coherence, consistency)

@@ -39,11 +39,15 @@ class RewardWorker:
             self.judge = EngineJudge(Engine(judge_settings, image_loader, version), cfg.judge, seed=seed)
         self.follows_policy = cfg.judge.mode == "policy"
 
-    def score(self, items: Sequence[ScoreItem], expected_version: int | None = None) -> list[list[RolloutScore]]:
+    def score(
+        self, items: Sequence[ScoreItem], expected_version: int | None = None
+    ) -> list[list[RolloutScore]]:
         """Score groups; in policy mode the judge must hold the version that produced them."""
         judge_version = self.judge.engine.version if self.judge and self.follows_policy else expected_version
         if expected_version is not None and judge_version != expected_version:
-            raise RuntimeError(f"judge holds policy version {judge_version} but the rollouts are version {expected_version}")
+            raise RuntimeError(
+                f"judge holds policy version {judge_version} but the rollouts are version {expected_version}"
+            )
         return score_items(items, self.judge, self.rules)
 
     def load_weights(self, version: int, buckets: list[dict[str, torch.Tensor]]) -> None:

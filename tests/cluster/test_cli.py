@@ -28,7 +28,12 @@ def test_config_show_prints_the_resolved_config_with_overrides():
 def test_score_rescores_a_dump_and_reports_malformed_lines(tmp_path):
     good = {"response": "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{fear}", "label": "fear",
             "coherence_reflection": "fear", "consistency_reflection": "no"}  # fmt: skip
-    lines = [json.dumps(good), "{not json", json.dumps({"response": "x"}), json.dumps({**good, "label": "awe"})]
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({"response": "x"}),
+        json.dumps({**good, "label": "awe"}),
+    ]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(lines) + "\n")
     proc = emo_r3("score", "--input", str(src), "--output", str(out), "--weights", "paper")

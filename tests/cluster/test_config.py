@@ -38,7 +38,12 @@ def test_paper_recipe_mirrors_method_hyperparameters(tmp_path):
     cfg = load_config(ROOT / "configs/qwen2_5_vl_3b_8gpu.yaml", [f"data.train={train}", "data.eval=[]"])
     assert (cfg.cluster.prompts_per_iteration, cfg.rollout.group_size) == (512, 8)
     assert (cfg.learner.lr, cfg.learner.weight_decay, cfg.learner.grad_clip) == (2e-6, 0.01, 1.0)
-    assert (cfg.learner.clip_low, cfg.learner.clip_high, cfg.learner.dual_clip, cfg.learner.kl_coef) == (0.2, 0.3, 3.0, 0.01)
+    assert (cfg.learner.clip_low, cfg.learner.clip_high, cfg.learner.dual_clip, cfg.learner.kl_coef) == (
+        0.2,
+        0.3,
+        3.0,
+        0.01,
+    )
     assert cfg.learner.updates_per_iteration == 2
     gpus = (cfg.rollout.num_workers * cfg.rollout.num_gpus_per_worker + cfg.reward.num_workers
             * cfg.reward.num_gpus_per_worker + cfg.learner.num_ranks * cfg.learner.num_gpus_per_rank)  # fmt: skip
@@ -53,7 +58,10 @@ def test_paper_recipe_mirrors_method_hyperparameters(tmp_path):
         (["cluster.prompts_per_iteration=-4"], "cluster.prompts_per_iteration: must be ≥ 1 (got -4)"),
         (["rollout.group_size=1"], "rollout.group_size: must be ≥ 2 (got 1)"),
         (["rollout.num_workers=8"], "the workers request 4.75 CPUs but the local Ray has cluster.num_cpus=2"),
-        (["data.train=/no/such/manifest.jsonl"], "data.train: data path '/no/such/manifest.jsonl' does not exist"),
+        (
+            ["data.train=/no/such/manifest.jsonl"],
+            "data.train: data path '/no/such/manifest.jsonl' does not exist",
+        ),
         (["cluster.prompts_per_iteration=5"], "does not split into learner.updates_per_iteration=2"),
         (["reward.judge.mode=frozen"], "reward.judge: judge mode 'frozen' needs a model"),
         (["reward.total=grpo"], "set data.prompt_style=grpo too"),
@@ -77,7 +85,10 @@ def test_bad_config_exits_2_quickly_without_starting_anything(tmp_path):
     bad.write_text("rollout:\n  group_size: 1\n")
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "sample", "--config", str(bad)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "cluster.cli", "sample", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 2

@@ -23,7 +23,9 @@ def test_a_phrase_is_read_only_when_every_token_it_overlaps_is_right():
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-    train, _ = generate(tmp_path_factory.mktemp("scenes"), style="emoset", n_train=8, n_test=0, seed=0, ambiguity=1.0)
+    train, _ = generate(
+        tmp_path_factory.mktemp("scenes"), style="emoset", n_train=8, n_test=0, seed=0, ambiguity=1.0
+    )
     return manifest_rows(train)
 
 

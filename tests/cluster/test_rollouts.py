@@ -28,7 +28,10 @@ class FakeRollout:
     def generate(self, requests):
         time.sleep(self.delay_s)
         text = "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{fear}"
-        return [Group(r.group_id, 0, [1, 2], [Completion([5, 6], [-0.1, -0.2], text, "stop")] * 2) for r in requests]
+        return [
+            Group(r.group_id, 0, [1, 2], [Completion([5, 6], [-0.1, -0.2], text, "stop")] * 2)
+            for r in requests
+        ]
 
 
 class FakeReward:
@@ -73,7 +76,9 @@ def test_a_reward_worker_that_raises_makes_rollouts_unscorable_not_zero(local_ra
 
 def test_a_reward_worker_past_its_deadline_yields_unscorable_rollouts_without_hanging(local_ray):
     start = time.perf_counter()
-    result = _run(ray.remote(FakeRollout).remote(), ray.remote(FakeReward).remote("hang"), reward_timeout_s=2.0)
+    result = _run(
+        ray.remote(FakeRollout).remote(), ray.remote(FakeReward).remote("hang"), reward_timeout_s=2.0
+    )
     assert time.perf_counter() - start < 30  # the hanging worker sleeps 60 s: the deadline cut it short
     assert all(s.rewards is None and "deadline" in s.error for sg in result.groups for s in sg.scores)
     assert result.reward_failures and "reward.timeout_s=2" in result.reward_failures[0]
@@ -81,4 +86,6 @@ def test_a_reward_worker_past_its_deadline_yields_unscorable_rollouts_without_ha
 
 def test_a_stuck_rollout_worker_is_a_clear_error(local_ray):
     with pytest.raises(DeadlineExceeded, match="cluster.generate_timeout_s"):
-        _run(ray.remote(FakeRollout).remote(60.0), ray.remote(FakeReward).remote("ok"), generate_timeout_s=2.0)
+        _run(
+            ray.remote(FakeRollout).remote(60.0), ray.remote(FakeReward).remote("ok"), generate_timeout_s=2.0
+        )

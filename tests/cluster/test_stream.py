@@ -14,7 +14,9 @@ def test_resume_continues_at_the_exact_next_batch_across_an_epoch_boundary():
     first = PromptStream(list(range(10)), 4, seed=3)
     for _ in range(5):  # 20 items: stops exactly at the end of epoch 1
         first.next_batch()
-    resumed = PromptStream(list(range(10)), 4, seed=3, state=StreamState(first.state.epoch, first.state.index))
+    resumed = PromptStream(
+        list(range(10)), 4, seed=3, state=StreamState(first.state.epoch, first.state.index)
+    )
     assert resumed.next_batch() == batches[5]
 
 

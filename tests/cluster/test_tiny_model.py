@@ -224,7 +224,9 @@ def test_caption_pretraining_lowers_the_loss_and_is_part_of_the_build(captions, 
     assert model_digest(CORPUS, TinyModelSpec(), captions, spec) != model_digest(
         CORPUS, TinyModelSpec(), captions, PretrainSpec(epochs=1)
     )
-    assert model_digest(CORPUS, TinyModelSpec(), captions[:4], spec) != model_digest(CORPUS, TinyModelSpec(), captions, spec)
+    assert model_digest(CORPUS, TinyModelSpec(), captions[:4], spec) != model_digest(
+        CORPUS, TinyModelSpec(), captions, spec
+    )
     # the pretrained weights differ from the random initialisation, and still load
     from transformers import AutoModelForImageTextToText
 

@@ -40,7 +40,9 @@ def _greedy(actor, probe) -> list[list[int]]:
 
 def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_init_tiny_model):
     evaluation = ["cluster.eval_every=1", "cluster.eval_limit=2"]
-    cfg = load_config(None, [*OVERRIDES, *evaluation, f"cluster.output_dir={tmp_path}", "cluster.run_name=e2e"])
+    cfg = load_config(
+        None, [*OVERRIDES, *evaluation, f"cluster.output_dir={tmp_path}", "cluster.run_name=e2e"]
+    )
     run = tmp_path / "e2e"
     run.mkdir()
     # the random-init build: its varied, unformatted text gets varied judge rewards, so the two
@@ -69,16 +71,22 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
             assert f"reward/{name}/mean" in metrics
         assert metrics["rollout/unscorable_rate"] == 0.0
         assert "reflection/consistency_yes_rate" in metrics
-    assert [json.loads(line)["policy_version"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 2]
+    assert [
+        json.loads(line)["policy_version"] for line in (run / "metrics.jsonl").read_text().splitlines()
+    ] == [1, 2, 2]
     dumped = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
-    assert dumped and all(d["rewards"] is not None and d["consistency_reflection"] is not None for d in dumped)
+    assert dumped and all(
+        d["rewards"] is not None and d["consistency_reflection"] is not None for d in dumped
+    )
 
     # A fresh engine loaded from the saved checkpoint generates what the synced engines generate.
     checkpoint = latest_checkpoint(run)
     assert checkpoint is not None and checkpoint.name == "iter_000002"
     loader = partial(load_image, policy=image_policy(cfg.data))
-    fresh = ray.remote(RolloutWorker).options(num_cpus=0.4).remote(
-        EngineSettings(**{**engine_settings(cfg, str(checkpoint)).__dict__}), GREEDY, loader
+    fresh = (
+        ray.remote(RolloutWorker)
+        .options(num_cpus=0.4)
+        .remote(EngineSettings(**{**engine_settings(cfg, str(checkpoint)).__dict__}), GREEDY, loader)
     )
     assert _greedy(fresh, probe) == after[0]
     ray.kill(fresh)

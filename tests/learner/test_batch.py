@@ -160,5 +160,9 @@ def test_weight_buckets_respect_the_size_limit_and_keep_every_parameter_in_order
 
     state = {f"p{i}": torch.zeros(n) for i, n in enumerate([10, 10, 30, 5, 5, 1])}  # 4 bytes each element
     parts = buckets(state, max_bytes=80)  # 20 elements per bucket
-    assert [list(p) for p in parts] == [["p0", "p1"], ["p2"], ["p3", "p4", "p5"]]  # p2 alone: larger than the limit
+    assert [list(p) for p in parts] == [
+        ["p0", "p1"],
+        ["p2"],
+        ["p3", "p4", "p5"],
+    ]  # p2 alone: larger than the limit
     assert [name for p in parts for name in p] == list(state)

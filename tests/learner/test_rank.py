@@ -110,9 +110,13 @@ def max_difference(a, b):
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(model_path, rollouts, ray_cluster):
+def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(
+    model_path, rollouts, ray_cluster
+):
     # Ranks always run in their own process (a Ray actor): torch.distributed is process-global.
-    cfg = LearnerConfig(zero_stage=2, weight_decay=0.0, kl_coef=0.0, micro_batch_size=4, lr=1e-3, warmup_steps=4)
+    cfg = LearnerConfig(
+        zero_stage=2, weight_decay=0.0, kl_coef=0.0, micro_batch_size=4, lr=1e-3, warmup_steps=4
+    )
     (rank,) = spawn_ranks(ray_cluster, model_path, cfg, 1, 2)
     minibatch = rollouts[:8]
 
@@ -139,10 +143,15 @@ def test_update_moves_every_part_of_the_model_only_when_advantages_are_nonzero(m
     assert metrics["logprob_mismatch_max"] < 1e-4  # the engine sampled with these weights
 
 
-def test_two_ranks_apply_exactly_the_global_token_mean_gradient(model_path, rollouts, first_norm, ray_cluster):
+def test_two_ranks_apply_exactly_the_global_token_mean_gradient(
+    model_path, rollouts, first_norm, ray_cluster
+):
     first, second = rollouts[:8], rollouts[8:]
     (one,) = spawn_ranks(ray_cluster, model_path, LearnerConfig(zero_stage=2, micro_batch_size=4), 1, 2)
-    single = [train_on_ranks(ray_cluster, [one], [first]), train_on_ranks(ray_cluster, [one], [first, second])]
+    single = [
+        train_on_ranks(ray_cluster, [one], [first]),
+        train_on_ranks(ray_cluster, [one], [first, second]),
+    ]
     one_weights = ray_cluster.get(one.weights.remote(), timeout=RPC_TIMEOUT_S)
     ray_cluster.kill(one)
     assert single[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # the reference is the initial policy
@@ -169,7 +178,9 @@ def test_two_ranks_apply_exactly_the_global_token_mean_gradient(model_path, roll
 
 
 @pytest.mark.parametrize(("stage", "world"), [(2, 1), (3, 2)])
-def test_a_checkpoint_with_its_optimizer_state_resumes_exactly(model_path, rollouts, ray_cluster, tmp_path, stage, world):
+def test_a_checkpoint_with_its_optimizer_state_resumes_exactly(
+    model_path, rollouts, ray_cluster, tmp_path, stage, world
+):
     first, second = rollouts[:8], rollouts[8:]
     cfg = LearnerConfig(zero_stage=stage, micro_batch_size=4 // world, kl_coef=0.0, lr=1e-3, warmup_steps=4)
     checkpoint = str(tmp_path / "checkpoint")
