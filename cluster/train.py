@@ -163,7 +163,8 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     progress = Progress(cfg.cluster.iterations, start)
     with TrainingCluster(cfg, str(checkpoint or initial), initial, version, resume=bool(checkpoint)) as tc:
         if checkpoint:
-            print(f"learner: {tc.learner.optimizer_restored(cfg.cluster.startup_timeout_s)[0]}")
+            for note in dict.fromkeys(tc.learner.optimizer_restored(cfg.cluster.startup_timeout_s)):
+                print(f"learner: {note}")  # one line when every rank did the same
         history = train_loop(cfg, tc, stream, run, start, metrics_log, progress.update, version)
     metrics_log.close()
     progress.close()
