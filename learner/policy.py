@@ -317,7 +317,7 @@ class Policy:
         if (scheduler := self.engine.lr_scheduler) is not None and step > 0:
             scheduler.last_epoch = step - 1
             scheduler.step()  # sets the lr of update `step` on every param group
-        return f"optimizer state restored from {path} (lr schedule at update {step})"
+        return f"optimizer state restored from {path.parent} (lr schedule at update {step})"
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """The torch AdamW doing the updates (DeepSpeed's ZeRO and bf16 wrappers hold it as `.optimizer`)."""
