@@ -52,11 +52,18 @@ def resolve_source(source: str, cfg: DataConfig) -> str:
     return os.fspath(train if split == "train" else test)
 
 
+def read_samples(source: str, cfg: DataConfig) -> LoadResult:
+    """The source's rows as samples, without opening their images (load_samples checks those)."""
+    from cluster.data.manifest import load_dataset
+
+    return load_dataset(resolve_source(source, cfg), label_set=cfg.label_set, columns=columns(cfg))
+
+
 def load_samples(source: str, cfg: DataConfig, *, workers: int | None = None) -> LoadResult:
     """Load a source and decode every image once: good samples, skipped ones counted by reason."""
-    from cluster.data.manifest import load_dataset, validate_samples
+    from cluster.data.manifest import validate_samples
 
-    loaded = load_dataset(resolve_source(source, cfg), label_set=cfg.label_set, columns=columns(cfg))
+    loaded = read_samples(source, cfg)
     checked = validate_samples(loaded.samples, image_policy(cfg), workers=workers)
     checked.skipped.update(loaded.skipped)
     checked.errors[:0] = loaded.errors

@@ -84,6 +84,11 @@ class MetricsLog:
             self.writer.close()
 
 
+def replaced_path(path: Path) -> Path:
+    """Where `set_aside_from` keeps the records of `path` an attempt redid: `<stem>.replaced.jsonl`."""
+    return path.with_name(path.name.removesuffix(".jsonl") + REPLACED_SUFFIX)
+
+
 def set_aside_from(path: Path, start: int) -> int:
     """Move the records of `path` (JSON lines with an "iteration") from iteration `start` on — what
     an earlier attempt logged after the checkpoint this one starts from (start 0: no checkpoint), and
@@ -99,7 +104,7 @@ def set_aside_from(path: Path, start: int) -> int:
             redone = False
         (moved if redone else kept).append(line)
     if moved:
-        with path.with_name(path.name.removesuffix(".jsonl") + REPLACED_SUFFIX).open("a") as f:
+        with replaced_path(path).open("a") as f:
             f.writelines(moved)
         path.write_text("".join(kept))
     return len(moved)

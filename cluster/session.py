@@ -68,14 +68,12 @@ class TrainingCluster:
             [(cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i, version)
              for i in range(cfg.reward.num_workers)],
         ), follows_policy=cfg.reward.judge.mode == "policy")  # fmt: skip
-        self.learner = LearnerGroup(
-            self._spawn_learner(model_path, reference_path or model_path, loader, resume)
-        )
+        self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path, loader, resume))
         self._wait_ready()
         self.transport = make_transport(cfg.cluster.weight_transport, self.learner, self.receivers,
                                         cfg.cluster.sync_timeout_s)  # fmt: skip
 
-    def _spawn_learner(self, model_path: str, reference_path: str, loader, resume: bool) -> list:
+    def _spawn_learner(self, model_path: str, reference_path: str | None, loader, resume: bool) -> list:
         cfg = self.cfg
         mini_batch = (
             cfg.cluster.prompts_per_iteration // cfg.learner.updates_per_iteration * cfg.rollout.group_size

@@ -27,7 +27,7 @@ from cluster.config import ConfigError, RunConfig
 from cluster.data.images import load_image
 from cluster.data.responses import scene_description
 from cluster.data.sample import Sample
-from cluster.datasets import image_policy, load_samples
+from cluster.datasets import image_policy, load_samples, read_samples
 from cluster.models import resolve_model
 from cluster.pools import Placement, Role, wait_all
 from cluster.rundir import run_dir
@@ -171,8 +171,9 @@ def _descriptions(cfg: RunConfig, samples: list[Sample]) -> dict[str, str]:
     column = cfg.data.columns.response
     if target_column(cfg) != column:
         ids = {s.sample_id for s in samples}
-        loaded = load_samples(cfg.data.train, _data_with_response_column(cfg, column)).samples
-        samples = [s for s in loaded if s.sample_id in ids]
+        # the text column only: the images were checked when the target column was loaded
+        rows = read_samples(cfg.data.train, _data_with_response_column(cfg, column)).samples
+        samples = [s for s in rows if s.sample_id in ids]
     out = {}
     for sample in samples:
         try:

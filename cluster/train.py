@@ -17,9 +17,9 @@ from cluster.datasets import load_samples
 from cluster.evaluator import Evaluator
 from cluster.metrics import (
     METRICS_FILE,
-    REPLACED_SUFFIX,
     ROLLOUTS_FILE,
     MetricsLog,
+    replaced_path,
     rollout_metrics,
     set_aside_from,
 )
@@ -131,7 +131,7 @@ def _set_aside_redone(run: Path, start: int) -> None:
     """One history per run: what an earlier attempt logged from iteration `start` on is redone now."""
     for name in (METRICS_FILE, ROLLOUTS_FILE):
         if moved := set_aside_from(run / name, start):
-            aside = name.removesuffix(".jsonl") + REPLACED_SUFFIX
+            aside = replaced_path(run / name).name
             print(f"{name}: {moved} records of iterations >= {start} of an earlier attempt moved to {aside}")
 
 

@@ -25,11 +25,11 @@ def learner_rank_args(
     restore_optimizer: bool = False,
 ) -> list[tuple]:  # fmt: skip
     """The LearnerRank constructor arguments of each of `learner.num_ranks` ranks (learner.rank),
-    rendezvousing on a free loopback port; `reference_path` defaults to `model_path`."""
+    rendezvousing on a free loopback port; `reference_path` None: the policy's own `model_path`."""
     port, world = free_port(), learner.num_ranks
     return [
-        (model_path, learner, rank, world, LOOPBACK, port, micro_batches, loader,
-         reference_path or model_path, restore_optimizer)
+        (model_path, learner, rank, world, LOOPBACK, port, micro_batches, loader, reference_path,
+         restore_optimizer)
         for rank in range(world)
     ]  # fmt: skip
 
