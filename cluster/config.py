@@ -193,6 +193,15 @@ class RunConfig(BaseModel):
             + lr.num_ranks * lr.num_cpus_per_rank
         )
 
+    def behaviour_logprobs(self) -> Literal["learner", "engine"]:
+        """learner.old_logprobs with "auto" resolved: the sampler's logprobs serve as the ratio's old
+        logprobs only where engine and learner both compute in float32 (their logprobs agree to ~1e-5)."""
+        choice = self.learner.old_logprobs
+        if choice != "auto":
+            return choice
+        exact = self.rollout.dtype == self.learner.dtype == "float32"
+        return "engine" if exact else "learner"
+
 
 def cross_section_problems(cfg: RunConfig) -> list[str]:
     """Rules spanning sections: batch splits and the local resource budget."""

@@ -79,7 +79,8 @@ class TrainingCluster:
             cfg.cluster.prompts_per_iteration // cfg.learner.updates_per_iteration * cfg.rollout.group_size
         )
         steps = micro_batches_per_step(mini_batch, cfg.learner.num_ranks, cfg.learner.micro_batch_size)
-        args = learner_rank_args(model_path, cfg.learner, steps, loader, reference_path, resume)
+        learner = cfg.learner.model_copy(update={"old_logprobs": cfg.behaviour_logprobs()})
+        args = learner_rank_args(model_path, learner, steps, loader, reference_path, resume)
         return self.placement.spawn("learner", LearnerRank, args)
 
     def _wait_ready(self) -> None:

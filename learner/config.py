@@ -37,6 +37,14 @@ class LearnerConfig(BaseModel):
         "unbiased", description="group std (release: unbiased)"
     )
     advantage_eps: float = Field(1e-6, gt=0, description="added to the group std (METHOD.md §4: 1e-6)")
+    old_logprobs: Literal["auto", "learner", "engine"] = Field(
+        "auto",
+        description="old (behaviour) logprobs of the ratio: learner: a forward of the weights that sampled, before "
+        "the first update; engine: the sampler's own (one forward fewer per iteration, ~20% of the train time; "
+        "exact only where engine and learner compute alike); auto: engine when rollout.dtype and learner.dtype "
+        "are both float32, else learner. The learner–engine mismatch is logged either way (engine: from the "
+        "first update's training forward)",
+    )
     reference_placement: Literal["learner", "none"] = Field(
         "learner", description="learner: each rank holds a frozen copy of the initial policy; none: no KL"
     )

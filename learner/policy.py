@@ -154,17 +154,33 @@ class Policy:
     # -------------------------------------------------------------------------------------------
     # One optimizer step
 
-    def train_step(self, micro_batches: list[MicroBatch], global_num_tokens: int) -> dict[str, float]:
+    def train_step(
+        self,
+        micro_batches: list[MicroBatch],
+        global_num_tokens: int,
+        *,
+        sampler_diffs: list[Tensor] | None = None,
+    ) -> dict[str, float]:
         """One optimizer update from this rank's micro-batches of a mini-batch (module docstring).
 
         Every micro-batch carries old_logprobs (and ref_logprobs when the KL term is on).
         global_num_tokens: completion tokens of the whole mini-batch over all ranks. Returns the
         rank's share of the token-mean metrics (sum them over ranks; ratio_max: max) and grad_norm
-        (global, before clipping).
+        (global, before clipping). `sampler_diffs`, when a list, receives each micro-batch's
+        (logprobs of the weights before this update − sampler_logprobs) on its completion tokens,
+        from the training forward itself: the learner–engine mismatch at no extra cost on an
+        iteration's first update.
         """
         for batch in micro_batches:
             self._check_grpo_inputs(batch)
-        return self._step(micro_batches, global_num_tokens, self._grpo_objective)
+        objective = self._grpo_objective
+        if sampler_diffs is not None:
+
+            def objective(batch: MicroBatch, logprobs: Tensor, logits: Tensor, n: int):
+                sampler_diffs.append((logprobs.detach() - batch.sampler_logprobs)[batch.mask].cpu())
+                return self._grpo_objective(batch, logprobs, logits, n)
+
+        return self._step(micro_batches, global_num_tokens, objective)
 
     def sft_step(self, micro_batches: list[MicroBatch], global_num_tokens: int) -> dict[str, float]:
         """One optimizer update minimising the token-mean NLL of the completion (target) tokens of

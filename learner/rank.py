@@ -27,7 +27,7 @@ from learner.grpo import MAX_REDUCED_METRICS
 # How the driver combines the ranks' metrics (every other metric is a token mean over the global
 # count of its mini-batch: ranks' values sum to the mini-batch value).
 MAX_METRICS = MAX_REDUCED_METRICS | {"logprob_mismatch_max", "train_s"}
-TOKEN_WEIGHTED_METRICS = frozenset({"logprob_mismatch_mean", "prob_ratio_error"})  # weights: num_tokens
+TOKEN_WEIGHTED_METRICS = frozenset({"logprob_mismatch_mean", "prob_ratio_error"})  # weights: mismatch_tokens
 SAME_ON_EVERY_RANK = frozenset({"grad_norm", "lr"})  # global already
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -70,6 +70,7 @@ class LearnerRank:
         from learner.policy import Policy, load_processor
 
         self.rank = rank
+        self.old_logprobs = cfg.old_logprobs  # "auto" is resolved by the caller (behaviour_logprobs)
         self.micro_batches_per_step = micro_batches_per_step
         self.image_loader = image_loader
         self.processor = load_processor(model_path)
@@ -106,11 +107,18 @@ class LearnerRank:
             raise ValueError(f"{len(minibatches)} mini-batches but {len(global_num_tokens)} token counts")
         start = time.perf_counter()
         steps = [self._prepare(shard) for shard in minibatches]
-        metrics = logprob_mismatch([batch for step in steps for batch in step])
+        from_engine = self.old_logprobs == "engine"
+        diffs = (
+            [] if from_engine else [(b.old_logprobs - b.sampler_logprobs)[b.mask] for s in steps for b in s]
+        )
         updates = [
-            self.policy.train_step(step, int(n)) for step, n in zip(steps, global_num_tokens, strict=True)
+            # engine old logprobs: the mismatch comes from the first update's forward (weights that sampled)
+            self.policy.train_step(step, int(n), sampler_diffs=diffs if from_engine and k == 0 else None)
+            for k, (step, n) in enumerate(zip(steps, global_num_tokens, strict=True))
         ]
+        metrics = logprob_mismatch(diffs)
         metrics.update(_average(updates))
+        metrics["num_tokens"] = float(sum(num_completion_tokens(shard) for shard in minibatches))
         metrics["train_s"] = time.perf_counter() - start
         return metrics
 
@@ -145,7 +153,8 @@ class LearnerRank:
         return [collate(part, self.processor, self.image_loader) for part in parts]
 
     def _with_logprobs(self, batch: MicroBatch) -> MicroBatch:
-        old = self.policy.logprobs(batch)  # [N, T]
+        # [N, T]; the sampler's are 0 on padding too
+        old = batch.sampler_logprobs if self.old_logprobs == "engine" else self.policy.logprobs(batch)
         ref = self.policy.logprobs(batch, reference=True) if self.policy.reference is not None else None
         return replace(batch, old_logprobs=old, ref_logprobs=ref)
 
@@ -184,26 +193,26 @@ def buckets(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, to
     return out
 
 
-def logprob_mismatch(batches: Sequence[MicroBatch]) -> dict[str, float]:
-    """Learner (old_logprobs) vs engine (sampler_logprobs) on the sampled completion tokens.
+def logprob_mismatch(diffs: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Learner vs engine on sampled completion tokens, from (learner − sampler) logprob differences
+    of the weights that sampled.
 
-    logprob_mismatch_mean/max: |old − sampler|; prob_ratio_error: mean |exp(old − sampler) − 1|
-    (NeMo-RL fails a VLM run above 5%, LESSONS.md); num_tokens: tokens compared.
+    logprob_mismatch_mean/max: |learner − sampler|; prob_ratio_error: mean |exp(learner − sampler) − 1|
+    (NeMo-RL fails a VLM run above 5%, LESSONS.md); mismatch_tokens: tokens compared.
     """
-    diffs = [(b.old_logprobs - b.sampler_logprobs)[b.mask] for b in batches if b.old_logprobs is not None]
-    diff = torch.cat(diffs).double() if diffs else torch.zeros(0, dtype=torch.float64)  # [tokens]
+    diff = torch.cat(list(diffs)).double() if diffs else torch.zeros(0, dtype=torch.float64)  # [tokens]
     if diff.numel() == 0:
         return {
             "logprob_mismatch_mean": 0.0,
             "logprob_mismatch_max": 0.0,
             "prob_ratio_error": 0.0,
-            "num_tokens": 0.0,
+            "mismatch_tokens": 0.0,
         }
     return {
         "logprob_mismatch_mean": float(diff.abs().mean()),
         "logprob_mismatch_max": float(diff.abs().max()),
         "prob_ratio_error": float((diff.exp() - 1.0).abs().mean()),
-        "num_tokens": float(diff.numel()),
+        "mismatch_tokens": float(diff.numel()),
     }
 
 
@@ -221,9 +230,9 @@ def combine_rank_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, floa
     """The iteration's metrics from every rank's train_iteration result.
 
     Token means over the global count sum over ranks; maxima take the max; the mismatch means are
-    weighted by each rank's num_tokens; grad_norm and lr (the same on every rank) are averaged.
+    weighted by each rank's mismatch_tokens; grad_norm and lr (the same on every rank) are averaged.
     """
-    tokens = [r.get("num_tokens", 0.0) for r in per_rank]
+    tokens = [r.get("mismatch_tokens", 0.0) for r in per_rank]
     total = sum(tokens) or 1.0
     out: dict[str, float] = {}
     for name in dict.fromkeys(name for r in per_rank for name in r):

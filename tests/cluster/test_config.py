@@ -32,6 +32,20 @@ def test_resolved_yaml_round_trips(tmp_path):
     assert load_config(path) == cfg
 
 
+@pytest.mark.parametrize(
+    ("overrides", "source"),
+    [
+        ([], "engine"),  # float32 engine and learner: their logprobs agree to ~1e-5
+        (["learner.dtype=bfloat16"], "learner"),
+        (["rollout.dtype=bfloat16"], "learner"),
+        (["learner.old_logprobs=learner"], "learner"),
+        (["learner.old_logprobs=engine", "learner.dtype=bfloat16"], "engine"),  # asked for explicitly
+    ],
+)
+def test_old_logprobs_come_from_the_engine_only_where_it_computes_as_the_learner(overrides, source):
+    assert load_config(None, overrides).behaviour_logprobs() == source
+
+
 def test_paper_recipe_mirrors_method_hyperparameters(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text("")

@@ -27,7 +27,7 @@ ADVANTAGES = [1.0, -1.0, 0.5, -0.5]  # one group of G = 4
 IMAGES = [((200, 30, 30), 112), ((30, 30, 200), 56), ((240, 200, 20), 84), ((20, 20, 20), 112)]
 RPC_TIMEOUT_S = 300
 METRICS = {"loss", "pg_loss", "clip_fraction", "entropy", "grad_norm", "logprob_mismatch_mean"}
-METRICS |= {"logprob_mismatch_max", "prob_ratio_error", "num_tokens", "train_s", "lr"}
+METRICS |= {"logprob_mismatch_max", "prob_ratio_error", "mismatch_tokens", "num_tokens", "train_s", "lr"}
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +175,46 @@ def test_two_ranks_apply_exactly_the_global_token_mean_gradient(
     difference = max_difference(one_weights, weights[0])
     print(f"ZeRO-2 world 2 vs world 1: max |Δweight| {difference:.1e} after 3 updates")
     assert difference < 1e-5
+
+
+def test_engine_old_logprobs_train_as_the_learner_s_and_the_mismatch_is_still_measured(
+    model_path, rollouts, ray_cluster
+):
+    first, second = rollouts[:8], rollouts[8:]
+
+    def two_updates(source, minibatches):
+        cfg = LearnerConfig(zero_stage=2, micro_batch_size=4, old_logprobs=source, lr=1e-3, warmup_steps=0)
+        (rank,) = spawn_ranks(ray_cluster, model_path, cfg, 1, 2)
+        metrics = train_on_ranks(ray_cluster, [rank], minibatches)
+        weights = ray_cluster.get(rank.weights.remote(), timeout=RPC_TIMEOUT_S)
+        ray_cluster.kill(rank)
+        return metrics, weights
+
+    (learner, learner_weights), (engine, engine_weights) = (
+        two_updates(source, [first, second]) for source in ("learner", "engine")
+    )
+    # the ratios use the sampler's logprobs instead of a learner forward's (equal to ~1e-5): the same
+    # updates up to Adam's normalisation of near-zero gradients; two steps move a weight up to 2e-3
+    difference = max_difference(learner_weights, engine_weights)
+    assert difference < 1e-4
+    for name in ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "grad_norm"):
+        assert engine[name] == pytest.approx(learner[name], rel=1e-3, abs=1e-6), name
+    tokens = [num_completion_tokens(mb) for mb in (first, second)]
+    assert learner["mismatch_tokens"] == sum(tokens) == engine["num_tokens"] == learner["num_tokens"]
+    assert engine["mismatch_tokens"] == tokens[0]  # the first update's forward: the weights that sampled
+    assert engine["logprob_mismatch_max"] < 1e-4
+
+    # an engine that disagrees shows up in the metric (here: one rollout's logprobs off by 0.5)
+    off = [x - 0.5 for x in first[0].sampler_logprobs]
+    corrupted, corrupted_weights = two_updates(
+        "engine", [[replace(first[0], sampler_logprobs=off), *first[1:]], second]
+    )
+    assert corrupted["logprob_mismatch_max"] == pytest.approx(0.5, abs=1e-3)
+    skewed = max_difference(learner_weights, corrupted_weights)
+    print(
+        f"max |Δweight| after 2 updates, engine vs learner old logprobs: {difference:.1e}; 0.5 off: {skewed:.1e}"
+    )
+    assert skewed > 10 * difference
 
 
 @pytest.mark.parametrize(("stage", "world"), [(2, 1), (3, 2)])
