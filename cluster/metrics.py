@@ -60,15 +60,20 @@ def rollout_metrics(rollouts: IterationRollouts) -> dict[str, float]:
 
 
 class MetricsLog:
-    """metrics.jsonl (always) + TensorBoard (optional); appends, so a resumed run keeps its history."""
+    """metrics.jsonl (always) + TensorBoard (optional); appends, so a resumed run keeps its history.
 
-    def __init__(self, run_dir: Path, tensorboard: bool):
+    `start`: the first iteration this attempt logs. TensorBoard is told to drop what an earlier
+    attempt logged from there on (a session start at `purge_step`), as set_aside_from does for the
+    JSON lines, so a redone iteration shows once.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool, start: int = 0):
         self.path = run_dir / METRICS_FILE
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start)
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
         record = {"iteration": iteration, **metrics}

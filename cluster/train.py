@@ -159,7 +159,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     _set_aside_redone(run, start)
     stream = PromptStream(train_set.samples, cfg.cluster.prompts_per_iteration, seed=cfg.cluster.seed,
                           shuffle=cfg.data.shuffle, state=StreamState(**state.get("stream", {})))  # fmt: skip
-    metrics_log = MetricsLog(run, cfg.cluster.tensorboard)
+    metrics_log = MetricsLog(run, cfg.cluster.tensorboard, start)
     progress = Progress(cfg.cluster.iterations, start)
     with TrainingCluster(cfg, str(checkpoint or initial), initial, version, resume=bool(checkpoint)) as tc:
         if checkpoint:

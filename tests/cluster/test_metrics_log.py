@@ -2,7 +2,7 @@
 
 import json
 
-from cluster.metrics import set_aside_from
+from cluster.metrics import MetricsLog, set_aside_from
 
 
 def _write(path, lines):
@@ -37,3 +37,23 @@ def test_nothing_to_do_without_a_file_or_records_to_redo_and_odd_lines_stay(tmp_
     assert set_aside_from(path, 1) == 0
     assert path.read_text().splitlines()[1:] == ["not json", '{"no": "iteration"}']
     assert not (tmp_path / "metrics.replaced.jsonl").exists()
+
+
+def tensorboard_points(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars("reward/score/mean")]
+
+
+def test_tensorboard_shows_a_redone_iteration_once(tmp_path):
+    first = MetricsLog(tmp_path, tensorboard=True)
+    for iteration in range(4):
+        first.log(iteration, {"reward/score/mean": float(iteration)})
+    first.close()
+    resumed = MetricsLog(tmp_path, tensorboard=True, start=2)  # from a checkpoint before iteration 2
+    for iteration in (2, 3):
+        resumed.log(iteration, {"reward/score/mean": 10.0 + iteration})
+    resumed.close()
+    assert tensorboard_points(tmp_path / "tensorboard") == [(0, 0.0), (1, 1.0), (2, 12.0), (3, 13.0)]
