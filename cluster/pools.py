@@ -20,11 +20,20 @@ class DeadlineExceeded(TimeoutError):
     pass
 
 
-def free_port() -> int:
-    """A free TCP port on loopback (the learner ranks' rendezvous)."""
+LOOPBACK = "127.0.0.1"
+
+
+def rendezvous_address(node_ips: Sequence[str], first_node_port: int) -> tuple[str, int]:
+    """Where a group's ranks meet, from the node of each rank (rank order): loopback when they share
+    one node (no interface to choose, nothing exposed), else rank 0's node, on a port free there."""
+    return (LOOPBACK if len(set(node_ips)) == 1 else node_ips[0]), first_node_port
+
+
+@ray.remote(num_cpus=0)
+def _node_ip_and_free_port() -> tuple[str, int]:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
 
 
 def wait_all(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
@@ -72,11 +81,7 @@ class Placement:
 
     def spawn(self, role_name: str, cls: type, args_per_actor: Sequence[tuple]) -> list[Any]:
         """Start `cls` as Ray actors in the bundles of `role_name`, one per args tuple."""
-        offset = 0
-        for role in self.roles:
-            if role.name == role_name:
-                break
-            offset += role.count
+        offset, role = self._offset(role_name)
         assert len(args_per_actor) == role.count, (role_name, len(args_per_actor), role.count)
         remote_cls = ray.remote(cls)
         return [
@@ -89,6 +94,28 @@ class Placement:
             ).remote(*args)
             for i, args in enumerate(args_per_actor)
         ]
+
+    def rendezvous(self, role_name: str, timeout_s: float) -> tuple[str, int]:
+        """The torch.distributed master address and port of the actors of `role_name`: a probe task in
+        each of their bundles finds its node (rendezvous_address); across nodes, rank 0's node IP."""
+        offset, role = self._offset(role_name)
+        probes = [
+            _node_ip_and_free_port.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + i)
+            ).remote()
+            for i in range(role.count)
+        ]
+        found = wait_all(probes, timeout_s, f"{role_name} rendezvous")
+        return rendezvous_address([ip for ip, _ in found], found[0][1])
+
+    def _offset(self, role_name: str) -> tuple[int, Role]:
+        """The first bundle index of `role_name`, and the role."""
+        offset = 0
+        for role in self.roles:
+            if role.name == role_name:
+                return offset, role
+            offset += role.count
+        raise KeyError(f"no role {role_name!r} in this placement")
 
     def release(self) -> None:
         remove_placement_group(self.group)

@@ -80,7 +80,8 @@ class TrainingCluster:
         )
         steps = micro_batches_per_step(mini_batch, cfg.learner.num_ranks, cfg.learner.micro_batch_size)
         learner = cfg.learner.model_copy(update={"old_logprobs": cfg.behaviour_logprobs()})
-        args = learner_rank_args(model_path, learner, steps, loader, reference_path, resume)
+        meet = self.placement.rendezvous("learner", cfg.cluster.startup_timeout_s)
+        args = learner_rank_args(model_path, learner, steps, loader, meet, reference_path, resume)
         return self.placement.spawn("learner", LearnerRank, args)
 
     def _wait_ready(self) -> None:

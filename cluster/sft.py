@@ -244,9 +244,10 @@ def learner_ranks(
         "learner", learner_cfg.num_ranks, learner_cfg.num_cpus_per_rank, learner_cfg.num_gpus_per_rank
     )
     placement = Placement([role], cfg.cluster.startup_timeout_s, worker_env(cfg, on_gpu))
-    args = learner_rank_args(model_path, learner_cfg, micro_batches, loader)
     ranks: list[Any] = []
     try:
+        meet = placement.rendezvous("learner", cfg.cluster.startup_timeout_s)
+        args = learner_rank_args(model_path, learner_cfg, micro_batches, loader, meet)
         ranks = placement.spawn("learner", LearnerRank, args)
         wait_all([rank.ping.remote() for rank in ranks], cfg.cluster.startup_timeout_s, "learner startup")
         yield ranks

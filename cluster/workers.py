@@ -14,21 +14,19 @@ from typing import Any
 import ray
 
 from actors.types import PromptRequest
-from cluster.pools import free_port, wait_all
+from cluster.pools import wait_all
 from rewards.scoring import ScoreItem
-
-LOOPBACK = "127.0.0.1"  # the ranks' rendezvous: one node
 
 
 def learner_rank_args(
-    model_path: str, learner: Any, micro_batches: int, loader: Any, reference_path: str | None = None,
-    restore_optimizer: bool = False,
+    model_path: str, learner: Any, micro_batches: int, loader: Any, rendezvous: tuple[str, int],
+    reference_path: str | None = None, restore_optimizer: bool = False,
 ) -> list[tuple]:  # fmt: skip
     """The LearnerRank constructor arguments of each of `learner.num_ranks` ranks (learner.rank),
-    rendezvousing on a free loopback port; `reference_path` None: the policy's own `model_path`."""
-    port, world = free_port(), learner.num_ranks
+    meeting at `rendezvous` (Placement.rendezvous); `reference_path` None: the policy's own `model_path`."""
+    (address, port), world = rendezvous, learner.num_ranks
     return [
-        (model_path, learner, rank, world, LOOPBACK, port, micro_batches, loader, reference_path,
+        (model_path, learner, rank, world, address, port, micro_batches, loader, reference_path,
          restore_optimizer)
         for rank in range(world)
     ]  # fmt: skip
