@@ -37,13 +37,9 @@ METHODS: dict[str, Method] = {
     m.slug: m
     for m in (
         # METHOD.md §2: the `<think>` prompt, R = 0.9·acc + 0.1·format, no reflection. Its cold start
-        # has no reflection tasks (16 examples, one step per epoch instead of two), so 1.5x the epochs
-        # give it as many answer examples as the SET cold start (30 epochs x 24 of 16 answers + 8 reflections)
-        Method(
-            "GRPO",
-            "grpo",
-            ("data.prompt_style=grpo", "reward.total=grpo", "reward.reflection=false", "sft.epochs=45"),
-        ),
+        # has no reflection tasks (a `<think>` reference has no step spans): run_config gives it as
+        # many updates as the SET cold start (grpo_sft_epochs)
+        Method("GRPO", "grpo", ("data.prompt_style=grpo", "reward.total=grpo", "reward.reflection=false")),
         # SET prompt and format; R_coh = R_cons = 1 (constant, so the advantages ignore them)
         Method("SET", "set", ("data.prompt_style=set", "reward.reflection=false")),
         # SET + the Reflective Emotional Reward
@@ -69,11 +65,26 @@ def run_config(
 ) -> RunConfig:
     """The pipeline config of one (method, seed): base + user overrides + the method's + the seed's."""
     style = "grpo" if "data.prompt_style=grpo" in method.overrides else "set"
+    epochs = [f"sft.epochs={grpo_sft_epochs(load_config(base, list(overrides)))}"] if style == "grpo" else []
     own = [
-        *method.overrides, f"cluster.seed={seed}", f"sft.seed={seed}", f"cluster.output_dir={root}",
+        *method.overrides, *epochs, f"cluster.seed={seed}", f"sft.seed={seed}", f"cluster.output_dir={root}",
         f"cluster.run_name={method.slug}-seed{seed}", f"sft.output={root / f'sft-{style}-seed{seed}'}",
     ]  # fmt: skip
     return load_config(base, [*overrides, *own])
+
+
+def grpo_sft_epochs(cfg: RunConfig) -> int:
+    """Epochs giving the `<think>` cold start as many updates as the SET cold start of `cfg`: both
+    train the answers and the epoch's scene examples; only SET adds the reflection tasks
+    (learner.sft.example_texts), which the `<think>` references cannot give."""
+    sft = cfg.sft
+    reflections = round(sft.reflection_share * sft.samples) if sft.reflection_tasks else 0
+
+    def steps(examples: int) -> int:
+        return -(-examples // sft.batch_size)
+
+    per_epoch = steps(sft.samples + sft.scene_examples), steps(sft.samples + reflections + sft.scene_examples)
+    return max(1, round(sft.epochs * per_epoch[1] / per_epoch[0]))
 
 
 def _run_path(cfg: RunConfig) -> Path:

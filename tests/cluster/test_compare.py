@@ -42,7 +42,11 @@ def fake_pipeline(accuracy: dict[tuple[str, int], float], fail: set[tuple[str, i
 def test_method_configs_follow_the_paper_ablation(tmp_path):
     grpo = run_config(None, [], METHODS["grpo"], 1, tmp_path)
     assert (grpo.data.prompt_style, grpo.reward.total, grpo.reward.reflection) == ("grpo", "grpo", False)
-    assert grpo.sft.epochs == 45  # no reflection tasks: as many answer examples as the SET cold start
+    # as many cold-start updates as SET: 16 answers + 8 scenes vs + 8 reflections, 2 steps of 16 each
+    assert grpo.sft.epochs == 30
+    assert run_config(None, ["sft.epochs=10"], METHODS["grpo"], 1, tmp_path).sft.epochs == 10
+    # without scene examples: 16 answers are 1 step, SET's 24 examples 2 steps
+    assert run_config(None, ["sft.scene_examples=0"], METHODS["grpo"], 1, tmp_path).sft.epochs == 60
     set_only = run_config(None, [], METHODS["set"], 1, tmp_path)
     assert (set_only.data.prompt_style, set_only.reward.reflection) == ("set", False)
     emo = run_config(None, ["cluster.iterations=3"], METHODS["emo-r3"], 2, tmp_path)
