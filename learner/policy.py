@@ -93,6 +93,8 @@ class Policy:
         self.micro_batches_per_step = total_micro_batches_per_step
         self.device = _device()
         backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if self.device.type == "cpu":
+            skip_shm_comm_op()
         deepspeed.init_distributed(
             dist_backend=backend, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
         )
@@ -399,6 +401,19 @@ def _combine(totals: dict[str, float], metrics: dict[str, float]) -> dict[str, f
         reduce = max if name in MAX_REDUCED_METRICS else operator.add
         out[name] = reduce(out[name], value) if name in out else value
     return out
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce kernel.
+
+    `deepspeed.init_distributed` on CPU builds the `deepspeed_shm_comm` op with gcc (about 30 s on 2
+    cores, once per TORCH_EXTENSIONS_DIR; 5 GB of peak RAM when two ranks compile at once). Only
+    DeepSpeed's inference all-reduce (AutoTP) uses it; ZeRO's collectives go through torch.distributed
+    (gloo). Marked incompatible, `build_shm_op()` returns None and nothing is compiled.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _device() -> torch.device:

@@ -30,6 +30,5 @@ DS_BUILD_OPS=0 "${PIP[@]}" install --no-build-isolation "deepspeed==0.19.8"
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 cp "$ROOT/scripts/tv_cpu_shim.py" "$SITE/_tv_cpu_shim.py"
 echo "import _tv_cpu_shim" > "$SITE/_tv_cpu_shim.pth"
-"$VENV/bin/python" -m cluster.warmup
 echo "$WANT" > "$STAMP"
 echo "[setup] environment ready: $(du -sh "$VENV" | cut -f1)" >&2
