@@ -77,14 +77,14 @@ def grpo_sft_epochs(cfg: RunConfig) -> int:
     """Epochs giving the `<think>` cold start as many updates as the SET cold start of `cfg`: both
     train the answers and the epoch's scene examples; only SET adds the reflection tasks
     (learner.sft.example_texts), which the `<think>` references cannot give."""
+    from learner.sft import reflection_count, steps_per_epoch
+
     sft = cfg.sft
-    reflections = round(sft.reflection_share * sft.samples) if sft.reflection_tasks else 0
-
-    def steps(examples: int) -> int:
-        return -(-examples // sft.batch_size)
-
-    per_epoch = steps(sft.samples + sft.scene_examples), steps(sft.samples + reflections + sft.scene_examples)
-    return max(1, round(sft.epochs * per_epoch[1] / per_epoch[0]))
+    think = steps_per_epoch(sft.samples + sft.scene_examples, sft.batch_size)
+    set_ = steps_per_epoch(
+        sft.samples + reflection_count(sft, sft.samples) + sft.scene_examples, sft.batch_size
+    )
+    return max(1, round(sft.epochs * set_ / think))
 
 
 def _run_path(cfg: RunConfig) -> Path:

@@ -70,7 +70,8 @@ class LearnerRank:
         from learner.policy import Policy, load_processor
 
         self.rank = rank
-        self.old_logprobs = cfg.old_logprobs  # "auto" is resolved by the caller (behaviour_logprobs)
+        # the ratio's old logprobs are the sampler's ("auto" is resolved by the caller: behaviour_logprobs)
+        self.old_from_engine = cfg.old_logprobs == "engine"
         self.micro_batches_per_step = micro_batches_per_step
         self.image_loader = image_loader
         self.processor = load_processor(model_path)
@@ -107,13 +108,11 @@ class LearnerRank:
             raise ValueError(f"{len(minibatches)} mini-batches but {len(global_num_tokens)} token counts")
         start = time.perf_counter()
         steps = [self._prepare(shard) for shard in minibatches]
-        from_engine = self.old_logprobs == "engine"
-        diffs = (
-            [] if from_engine else [(b.old_logprobs - b.sampler_logprobs)[b.mask] for s in steps for b in s]
-        )
+        engine = self.old_from_engine
+        diffs = [] if engine else [(b.old_logprobs - b.sampler_logprobs)[b.mask] for s in steps for b in s]
         updates = [
             # engine old logprobs: the mismatch comes from the first update's forward (weights that sampled)
-            self.policy.train_step(step, int(n), sampler_diffs=diffs if from_engine and k == 0 else None)
+            self.policy.train_step(step, int(n), sampler_diffs=diffs if engine and k == 0 else None)
             for k, (step, n) in enumerate(zip(steps, global_num_tokens, strict=True))
         ]
         metrics = logprob_mismatch(diffs)
@@ -154,7 +153,7 @@ class LearnerRank:
 
     def _with_logprobs(self, batch: MicroBatch) -> MicroBatch:
         # [N, T]; the sampler's are 0 on padding too
-        old = batch.sampler_logprobs if self.old_logprobs == "engine" else self.policy.logprobs(batch)
+        old = batch.sampler_logprobs if self.old_from_engine else self.policy.logprobs(batch)
         ref = self.policy.logprobs(batch, reference=True) if self.policy.reference is not None else None
         return replace(batch, old_logprobs=old, ref_logprobs=ref)
 

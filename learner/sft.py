@@ -106,10 +106,16 @@ def example_texts(samples: Sequence[SftSample], cfg: SftConfig, prompt_style: st
     answers = [
         ExampleText(ANSWER, build_user_text(s.question, prompt_style), s.image, _response(s)) for s in samples
     ]
-    if not cfg.reflection_tasks:
+    count = reflection_count(cfg, len(samples))
+    if not count:
         return answers
-    count = round(cfg.reflection_share * len(samples))
     return answers + reflection_texts(samples, count, random.Random(cfg.seed))
+
+
+def reflection_count(cfg: SftConfig, samples: int) -> int:
+    """Reflection slots of a cold start on `samples` samples (a slot whose response has no span is
+    skipped: reflection_texts)."""
+    return round(cfg.reflection_share * samples) if cfg.reflection_tasks else 0
 
 
 def reflection_texts(samples: Sequence[SftSample], count: int, rng: random.Random) -> list[ExampleText]:
@@ -227,11 +233,16 @@ def prompt_token_ids(
 # Schedule: epochs → mini-batches → rank shards
 
 
+def steps_per_epoch(items: int, batch_size: int) -> int:
+    """Mini-batches epoch_minibatches makes of `items` items: the last one is filled up."""
+    return -(-items // batch_size)
+
+
 def epoch_minibatches(items: Sequence[T], batch_size: int, rng: random.Random) -> list[list[T]]:
     """`items` shuffled, in mini-batches of exactly `batch_size`: the last one is filled up with the
     epoch's first items, so every step (and every rank) runs the same number of micro-batches."""
     order = rng.sample(list(items), len(items))
-    steps = -(-len(order) // batch_size)
+    steps = steps_per_epoch(len(order), batch_size)
     padded = list(itertools.islice(itertools.cycle(order), steps * batch_size))
     return [padded[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
 
