@@ -241,6 +241,15 @@ def _add_compare_command(sub) -> None:
     cmp.set_defaults(func=cmd_compare)
 
 
+def cmd_bench_reasoning(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.reasoning import run
+
+    run(args.runs, Path(args.out) if args.out else None)
+    return 0
+
+
 def _add_bench_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print numbers").add_subparsers(
         dest="action", required=True
@@ -264,6 +273,12 @@ def _add_bench_commands(sub) -> None:
     cues.add_argument("--limit", type=int, default=128, help="test images per style (default 128)")
     cues.add_argument("--out", help="also write the numbers as JSON here")
     cues.set_defaults(func=cmd_bench_cues)
+    reasoning = bench.add_parser(
+        "reasoning", help="step 2 of runs' dumped rollouts against the synthetic scenes: faithful, and right?"
+    )
+    reasoning.add_argument("runs", nargs="+", metavar="RUN", help="run directories (runs/<name>)")
+    reasoning.add_argument("--out", help="also write the numbers as JSON here")
+    reasoning.set_defaults(func=cmd_bench_reasoning)
 
 
 def build_parser() -> argparse.ArgumentParser:

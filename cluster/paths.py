@@ -18,5 +18,6 @@ def cache_dir() -> Path:
 
 
 def torch_extensions_dir() -> Path:
-    """DeepSpeed's JIT-compiled ops (the CPU shared-memory comm op); warmed once by setup."""
+    """Where DeepSpeed would JIT-compile its ops (TORCH_EXTENSIONS_DIR of the workers); on CPU none is
+    built (learner.policy.skip_shm_comm_op), so it stays empty unless an op is asked for."""
     return cache_dir() / "torch_extensions"

@@ -176,6 +176,17 @@ class Scene:
         return tuple(shares.get(label, 0.0) for label in style.labels)
 
 
+def cue_label(style: Style, slot: str, cue: str) -> str:
+    """The label whose canonical cue `cue` is in `slot` of `style`: what that cue alone suggests."""
+    index = style.slots.index(slot)
+    owners = [label for label, cues in style.canonical.items() if cues[index] == cue]
+    if len(owners) != 1:
+        raise ValueError(
+            f"cue {cue!r} in slot {slot!r} of {style.name} belongs to {owners}, not to one label"
+        )
+    return owners[0]
+
+
 def get_style(name: str) -> Style:
     try:
         return STYLES[name]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cluster.data.manifest import load_dataset, validate_samples
 from cluster.data.render import check_catalog
-from cluster.data.scenes import CUES, STYLES
+from cluster.data.scenes import CUES, STYLES, cue_label
 from cluster.data.synthetic import generate, reference_corpus
 from rewards.prompts import LABEL_SETS
 
@@ -126,6 +126,16 @@ def test_step1_describes_exactly_the_cues_drawn(dataset: tuple[str, Path, Path])
             mixed += 1
             assert "most cues suggest " + row["answer"] in row["response"]
     assert 0 < mixed < len(rows)  # default ambiguity 0.25 mixes some scenes, not all
+
+
+def test_every_canonical_cue_belongs_to_its_label_and_a_misplaced_cue_is_refused() -> None:
+    for style in STYLES.values():
+        for label, cues in style.canonical.items():
+            assert [cue_label(style, slot, cue) for slot, cue in zip(style.slots, cues, strict=True)] == [
+                label
+            ] * 5
+    with pytest.raises(ValueError, match="not to one label"):
+        cue_label(STYLES["emoset"], "sky", "laughing")
 
 
 def test_reference_corpus_matches_the_generated_responses(dataset: tuple[str, Path, Path]) -> None:

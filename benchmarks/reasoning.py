@@ -1,0 +1,162 @@
+"""Does the reasoning carry the answer? Step 2 of a run's dumped rollouts checked against the scene.
+
+On the synthetic set every image's cues are known (the manifest's `cues` column): the gold label owns
+3 or 4 of the five, the confusable partner the rest (the borrowed cues). The SET reference's step 2
+names exactly the borrowed cues ("The mountain and the stars feel like awe, but most cues suggest
+contentment, ..."; "All cues agree, ..." when there are none); the GRPO baseline's `<think>` form has
+the same sentence after step 1's. A rollout's step 2 is *faithful* when it
+names exactly the image's borrowed cues; this measures how often the policy writes such a step 2, how
+often its answer is right when it does and when it does not, what the wrong answers are (the image's
+partner or some other label), and accuracy by how many cues are borrowed (4–1 and 3–2 scenes).
+It reads files only: `runs/<name>/config.yaml` for the data, `runs/<name>/rollouts.jsonl` for the
+responses (cluster.rollouts: a sample of each iteration's rollouts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.data.scenes import CUES, STYLES, cue_label
+
+_STEP2 = re.compile(r"<step2>(.*?)</step2>", re.S)
+# the <think> form (GRPO baseline): the same parts in one paragraph, step 2 the sentence after step 1's
+_THINK_STEP2 = re.compile(
+    r"<think>.*?\.\s+((?:All cues agree|[A-Z][^.<]*? feels? like \w+, but)[^<]*)</think>", re.S
+)
+_BORROWED = re.compile(r"^(.*?) feels? like (\w+), but most cues suggest (\w+)")
+_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
+_BY_SHORT = {cue.short: name for name, cue in CUES.items()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One response against its scene. `faithful` is None when the response has no step 2."""
+
+    borrowed: int  # cues of the image that belong to the partner (0, 1 or 2)
+    right: bool
+    partner: bool  # the answer is the label of the image's borrowed cues
+    faithful: bool | None
+    named_absent: bool  # step 2 names a cue the image does not show (or no cue at all)
+
+
+def judge(response: str, style: str, cues: Mapping[str, str]) -> Verdict:
+    """Check `response` against the scene whose slot → cue is `cues` (a synthetic manifest row's)."""
+    owners = [cue_label(STYLES[style], slot, cue) for slot, cue in cues.items()]
+    gold = max(dict.fromkeys(owners), key=owners.count)
+    borrowed = {cue for cue, owner in zip(cues.values(), owners, strict=True) if owner != gold}
+    partners = {owner for owner in owners if owner != gold}
+    boxed = _BOXED.findall(response)
+    answer = boxed[-1].strip().lower() if boxed else None
+    named, absent, faithful = _step2_cues(response)
+    if named is not None:
+        absent = absent or not set(named) <= set(cues.values())
+        faithful = set(named) == borrowed
+    return Verdict(len(borrowed), answer == gold, answer in partners, faithful, absent)
+
+
+def _step2_cues(response: str) -> tuple[list[str] | None, bool, bool | None]:
+    """(cue names step 2 calls borrowed, names something that is no cue, faithful if already decided)."""
+    step2 = _STEP2.search(response) or _THINK_STEP2.search(response)
+    if step2 is None:
+        return None, False, None
+    text = step2.group(1).strip()
+    if text.startswith("All cues agree"):
+        return [], False, None
+    found = _BORROWED.match(text)
+    if found is None:
+        return None, True, False  # a step 2 in neither reference form
+    phrases = [p.strip() for p in found.group(1).split(" and ")]
+    names: list[Any] = [_BY_SHORT.get(p[0].lower() + p[1:]) for p in phrases if p]
+    if not names or None in names:
+        return None, True, False
+    return names, False, None
+
+
+def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
+    """Shares over `verdicts`: accuracy, wrong answers that are the partner, faithful step 2, the
+    accuracy with and without it, and the accuracy by number of borrowed cues."""
+
+    def share(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
+    count = Counter()
+    for v in verdicts:
+        count["right"] += v.right
+        count["wrong"] += not v.right
+        count["wrong_partner"] += (not v.right) and v.partner
+        count["step2"] += v.faithful is not None
+        count["faithful"] += bool(v.faithful)
+        count["faithful_right"] += bool(v.faithful) and v.right
+        count["unfaithful"] += v.faithful is False
+        count["unfaithful_right"] += v.faithful is False and v.right
+        count["named_absent"] += v.named_absent
+        count[f"n{v.borrowed}"] += 1
+        count[f"n{v.borrowed}_right"] += v.right
+    n = len(verdicts)
+    return {
+        "rollouts": n,
+        "accuracy": share(count["right"], n),
+        "wrong_is_partner": share(count["wrong_partner"], count["wrong"]),
+        "faithful": share(count["faithful"], count["step2"]),
+        "accuracy_faithful": share(count["faithful_right"], count["faithful"]),
+        "accuracy_unfaithful": share(count["unfaithful_right"], count["unfaithful"]),
+        "names_absent_cue": share(count["named_absent"], count["step2"]),
+        "accuracy_by_borrowed": {k: share(count[f"n{k}_right"], count[f"n{k}"]) for k in (0, 1, 2) if count[f"n{k}"]},
+    }  # fmt: skip
+
+
+def run_verdicts(run: Path) -> list[Verdict]:
+    """The verdicts of every dumped rollout of `run` (a run directory of a synthetic-data run)."""
+    from cluster.config import ConfigError, load_config
+    from cluster.datasets import SYNTHETIC_PREFIX, resolve_source
+
+    dumped = run / "rollouts.jsonl"
+    if not dumped.is_file():
+        raise FileNotFoundError(f"{dumped} (not a run directory, or no iteration finished)")
+    cfg = load_config(run / "config.yaml")
+    if not cfg.data.train.startswith(SYNTHETIC_PREFIX):
+        raise ConfigError(
+            f"{run} trained on {cfg.data.train}: only synthetic data carries the cues of each image"
+        )
+    style = cfg.data.train.split(":")[1]
+    rows = {}
+    for line in Path(resolve_source(cfg.data.train, cfg.data)).read_text().splitlines():
+        row = json.loads(line)
+        rows[row["id"]] = row["cues"]
+    verdicts = []
+    for line in dumped.read_text().splitlines():
+        rollout = json.loads(line)
+        verdicts.append(judge(rollout["response"], style, rows[rollout["sample_id"]]))
+    return verdicts
+
+
+def run(runs: Sequence[str], out: Path | None) -> list[dict]:
+    """One row per run and, with several, one over all of them; prints a markdown table."""
+    results, pooled = [], []
+    for given in runs:
+        verdicts = run_verdicts(Path(given))
+        pooled += verdicts
+        results.append({"run": given, **summarize(verdicts)})
+    if len(runs) > 1:
+        results.append({"run": "all", **summarize(pooled)})
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.1f}%"
+
+    print("| run | rollouts | accuracy | wrong → partner | faithful step 2 | accuracy if faithful / not |"
+          " step 2 names an absent cue | accuracy on 4–1 / 3–2 scenes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        by = r["accuracy_by_borrowed"]
+        print(f"| {r['run']} | {r['rollouts']} | {pct(r['accuracy'])} | {pct(r['wrong_is_partner'])} | "
+              f"{pct(r['faithful'])} | {pct(r['accuracy_faithful'])} / {pct(r['accuracy_unfaithful'])} | "
+              f"{pct(r['names_absent_cue'])} | {pct(by.get(1))} / {pct(by.get(2))} |")  # fmt: skip
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    return results

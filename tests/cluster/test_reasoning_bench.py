@@ -1,0 +1,133 @@
+"""`emo-r3 bench reasoning`: step 2 of hand-written responses judged against a known scene, the shares
+over a set of verdicts, and a run directory read end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.reasoning import Verdict, judge, run, run_verdicts, summarize
+from cluster.cli import main
+from cluster.config import ConfigError, load_config, to_yaml
+from cluster.data.responses import grpo_response, set_response
+from cluster.data.scenes import Scene
+
+# contentment, with the mountain and the stars borrowed from awe (a 3–2 scene)
+SCENE = Scene(
+    "emoset", "contentment", ("blue_sky", "sand", "calm", "mountain", "stars"), "awe", ("object", "accent")
+)
+CUES = SCENE.cue_dict()
+STEP1 = set_response(SCENE).split("</step1>")[0] + "</step1>\n"
+TAIL = "<step3>The emotion is positive with low arousal.</step3>\n"
+
+
+def step2(text: str, answer: str = "contentment") -> str:
+    return f"{STEP1}<step2>{text}</step2>\n{TAIL}\\boxed{{{answer}}}"
+
+
+def test_the_reference_responses_are_faithful_and_right() -> None:
+    assert judge(set_response(SCENE), "emoset", CUES) == Verdict(2, True, False, True, False)
+    assert judge(grpo_response(SCENE), "emoset", CUES) == Verdict(2, True, False, True, False)
+    agreeing = Scene(
+        "emoset", "awe", ("violet_sky", "lake", "amazed", "mountain", "stars"), "contentment", ()
+    )
+    assert judge(set_response(agreeing), "emoset", agreeing.cue_dict()) == Verdict(
+        0, True, False, True, False
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "expected"),
+    [
+        # one of the two borrowed cues: not faithful, nothing absent
+        ("The stars feels like awe, but most cues suggest contentment, so ...", "contentment",
+         Verdict(2, True, False, False, False)),
+        # a cue the image does not show
+        ("The fireworks feels like awe, but most cues suggest contentment, so ...", "awe",
+         Verdict(2, False, True, False, True)),
+        # a mixed image called unanimous
+        ("All cues agree, so a viewer would feel calm.", "contentment", Verdict(2, True, False, False, False)),
+        # neither reference form, and a label outside the pair
+        ("I think it is nice.", "fear", Verdict(2, False, False, False, True)),
+        # something that is no cue
+        ("The happy dog feels like awe, but most cues suggest contentment.", "contentment",
+         Verdict(2, True, False, False, True)),
+    ],
+)  # fmt: skip
+def test_step2_is_checked_against_the_scene(text: str, answer: str, expected: Verdict) -> None:
+    assert judge(step2(text, answer), "emoset", CUES) == expected
+
+
+def test_a_response_without_step2_or_answer_is_wrong_and_not_judged_for_faithfulness() -> None:
+    assert judge("The scene shows a calm face.", "emoset", CUES) == Verdict(2, False, False, None, False)
+
+
+def test_summary_shares() -> None:
+    verdicts = [
+        Verdict(2, True, False, True, False),
+        Verdict(2, False, True, False, True),
+        Verdict(1, True, False, False, False),
+        Verdict(1, False, False, None, False),
+    ]
+    summary = summarize(verdicts)
+    assert summary["rollouts"] == 4 and summary["accuracy"] == 0.5
+    assert summary["wrong_is_partner"] == 0.5  # one of the two wrong answers is the partner
+    assert summary["faithful"] == pytest.approx(1 / 3)  # of the three with a step 2
+    assert summary["accuracy_faithful"] == 1.0 and summary["accuracy_unfaithful"] == 0.5
+    assert summary["names_absent_cue"] == pytest.approx(1 / 3)
+    assert summary["accuracy_by_borrowed"] == {1: 0.5, 2: 0.5}
+    assert summarize([])["accuracy"] is None
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A run directory as the trainer leaves it: its config and dumped rollouts (reference answers for
+    the first 6 samples, then the same 6 answered with their borrowed cues' label)."""
+    from cluster.datasets import resolve_source
+
+    monkeypatch.setenv("EMO_R3_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = load_config(
+        None, ["data.synthetic.n_train=16", "data.synthetic.n_test=8", "data.synthetic.size=56"]
+    )
+    rows = [
+        json.loads(line) for line in Path(resolve_source(cfg.data.train, cfg.data)).read_text().splitlines()
+    ]
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    dumped = [
+        {"iteration": 0, "sample_id": r["id"], "label": r["answer"], "response": r["response"]}
+        for r in rows[:6]
+    ]
+    for r in rows[:6]:
+        partner = next(
+            label for label, share in zip(r["labels"], r["label_dist"], strict=True) if 0 < share < 0.5
+        )
+        wrong = r["response"].replace(f"\\boxed{{{r['answer']}}}", f"\\boxed{{{partner}}}")
+        dumped.append({"iteration": 1, "sample_id": r["id"], "label": r["answer"], "response": wrong})
+    (run / "rollouts.jsonl").write_text("".join(json.dumps(d) + "\n" for d in dumped))
+    return run
+
+
+def test_a_run_directory_is_read_end_to_end(run_dir: Path, tmp_path: Path, capsys) -> None:
+    assert len(run_verdicts(run_dir)) == 12
+    [result] = run([str(run_dir)], tmp_path / "out.json")
+    assert result["accuracy"] == 0.5 and result["wrong_is_partner"] == 1.0
+    assert result["faithful"] == 1.0 and result["accuracy_faithful"] == 0.5
+    assert json.loads((tmp_path / "out.json").read_text())[0]["rollouts"] == 12
+    assert "| 12 | 50.0% | 100.0% | 100.0% |" in capsys.readouterr().out
+
+
+def test_a_run_without_rollouts_or_on_real_data_is_a_clear_error(
+    run_dir: Path, tmp_path: Path, capsys
+) -> None:
+    assert main(["bench", "reasoning", str(tmp_path)]) == 2
+    assert "rollouts.jsonl" in capsys.readouterr().err
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("")
+    cfg = load_config(None, [f"data.train={manifest}"])
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    with pytest.raises(ConfigError, match="only synthetic data"):
+        run_verdicts(run_dir)
