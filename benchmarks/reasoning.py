@@ -111,8 +111,8 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_verdicts(run: Path) -> list[Verdict]:
-    """The verdicts of every dumped rollout of `run` (a run directory of a synthetic-data run)."""
+def run_verdicts(run: Path) -> list[tuple[int, Verdict]]:
+    """(iteration, verdict) of every dumped rollout of `run` (a run directory of a synthetic-data run)."""
     from cluster.config import ConfigError, load_config
     from cluster.datasets import SYNTHETIC_PREFIX, resolve_source
 
@@ -132,19 +132,24 @@ def run_verdicts(run: Path) -> list[Verdict]:
     verdicts = []
     for line in dumped.read_text().splitlines():
         rollout = json.loads(line)
-        verdicts.append(judge(rollout["response"], style, rows[rollout["sample_id"]]))
+        verdicts.append((rollout["iteration"], judge(rollout["response"], style, rows[rollout["sample_id"]])))
     return verdicts
 
 
-def run(runs: Sequence[str], out: Path | None) -> list[dict]:
-    """One row per run and, with several, one over all of them; prints a markdown table."""
-    results, pooled = [], []
-    for given in runs:
-        verdicts = run_verdicts(Path(given))
-        pooled += verdicts
-        results.append({"run": given, **summarize(verdicts)})
+def run(runs: Sequence[str], out: Path | None, split: int | None = None) -> list[dict]:
+    """One row per run and, with several, one over all of them; with `split`, each of those twice:
+    iterations before `split` and from it on. Prints a markdown table."""
+    per_run = {given: run_verdicts(Path(given)) for given in runs}
     if len(runs) > 1:
-        results.append({"run": "all", **summarize(pooled)})
+        per_run["all"] = [pair for pairs in per_run.values() for pair in pairs]
+    results = []
+    for name, pairs in per_run.items():
+        if split is None:
+            results.append({"run": name, **summarize([v for _, v in pairs])})
+            continue
+        for label, keep in ((f"< {split}", lambda i: i < split), (f">= {split}", lambda i: i >= split)):
+            chosen = [v for i, v in pairs if keep(i)]
+            results.append({"run": name, "iterations": label, **summarize(chosen)})
 
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{100 * x:.1f}%"
@@ -154,7 +159,8 @@ def run(runs: Sequence[str], out: Path | None) -> list[dict]:
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         by = r["accuracy_by_borrowed"]
-        print(f"| {r['run']} | {r['rollouts']} | {pct(r['accuracy'])} | {pct(r['wrong_is_partner'])} | "
+        name = f"{r['run']} (iterations {r['iterations']})" if "iterations" in r else r["run"]
+        print(f"| {name} | {r['rollouts']} | {pct(r['accuracy'])} | {pct(r['wrong_is_partner'])} | "
               f"{pct(r['faithful'])} | {pct(r['accuracy_faithful'])} / {pct(r['accuracy_unfaithful'])} | "
               f"{pct(r['names_absent_cue'])} | {pct(by.get(1))} / {pct(by.get(2))} |")  # fmt: skip
     if out is not None:

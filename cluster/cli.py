@@ -246,7 +246,7 @@ def cmd_bench_reasoning(args: argparse.Namespace) -> int:
 
     from benchmarks.reasoning import run
 
-    run(args.runs, Path(args.out) if args.out else None)
+    run(args.runs, Path(args.out) if args.out else None, args.split)
     return 0
 
 
@@ -277,6 +277,9 @@ def _add_bench_commands(sub) -> None:
         "reasoning", help="step 2 of runs' dumped rollouts against the synthetic scenes: faithful, and right?"
     )
     reasoning.add_argument("runs", nargs="+", metavar="RUN", help="run directories (runs/<name>)")
+    reasoning.add_argument(
+        "--split", type=int, metavar="N", help="two rows per run: iterations before N and from N on"
+    )
     reasoning.add_argument("--out", help="also write the numbers as JSON here")
     reasoning.set_defaults(func=cmd_bench_reasoning)
 

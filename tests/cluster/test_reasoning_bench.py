@@ -112,12 +112,22 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_run_directory_is_read_end_to_end(run_dir: Path, tmp_path: Path, capsys) -> None:
-    assert len(run_verdicts(run_dir)) == 12
+    assert [i for i, _ in run_verdicts(run_dir)] == [0] * 6 + [1] * 6
     [result] = run([str(run_dir)], tmp_path / "out.json")
     assert result["accuracy"] == 0.5 and result["wrong_is_partner"] == 1.0
     assert result["faithful"] == 1.0 and result["accuracy_faithful"] == 0.5
     assert json.loads((tmp_path / "out.json").read_text())[0]["rollouts"] == 12
     assert "| 12 | 50.0% | 100.0% | 100.0% |" in capsys.readouterr().out
+    # iteration 0 holds the right answers, iteration 1 the partner's
+    before, after = run([str(run_dir)], None, split=1)
+    assert (before["iterations"], before["accuracy"], after["iterations"], after["accuracy"]) == (
+        "< 1",
+        1.0,
+        ">= 1",
+        0.0,
+    )
+    assert main(["bench", "reasoning", str(run_dir), "--split", "1"]) == 0
+    assert f"| {run_dir} (iterations >= 1) | 6 | 0.0% |" in capsys.readouterr().out
 
 
 def test_a_run_without_rollouts_or_on_real_data_is_a_clear_error(
