@@ -141,12 +141,17 @@ def model_digest(
     captions: Sequence[Caption] = (),
     pretrain: PretrainSpec | None = None,
 ) -> str:
-    """Short hash of everything that decides the built folder's content."""
+    """Short hash of everything that decides the built folder's content: the pretraining images by
+    their bytes, so regenerated images with the same names and captions give a new build."""
     key = {"build": BUILD_VERSION, "spec": asdict(spec), "corpus": list(corpus)}
     if captions:
-        key |= {"captions": [[os.path.basename(image), prompt, text] for image, prompt, text in captions],
+        key |= {"captions": [[_file_digest(image), prompt, text] for image, prompt, text in captions],
                 "pretrain": asdict(pretrain or PretrainSpec())}  # fmt: skip
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
+
+
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def ensure_tiny_model(

@@ -234,3 +234,13 @@ def test_caption_pretraining_lowers_the_loss_and_is_part_of_the_build(captions, 
     random_init = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     name, weight = next(iter(trained.state_dict().items()))
     assert not torch.equal(weight, random_init.state_dict()[name])
+
+
+def test_the_folder_name_follows_the_pretraining_images_bytes_not_only_their_names(tmp_path):
+    image = tmp_path / "0.png"
+    solid_image((200, 30, 30)).save(image)
+    captions = [(str(image), tiny_model.CAPTION_PROMPT, "the image shows a red sky.")]
+    before = model_digest(CORPUS, TinyModelSpec(), captions)
+    assert model_digest(CORPUS, TinyModelSpec(), captions) == before
+    solid_image((30, 30, 200)).save(image)  # regenerated: same name, same caption, other pixels
+    assert model_digest(CORPUS, TinyModelSpec(), captions) != before
