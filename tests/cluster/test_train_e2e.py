@@ -92,7 +92,7 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
     ray.kill(fresh)
 
 
-def test_resume_continues_at_the_next_batch_from_the_latest_checkpoint(ray_local, tmp_path, capsys):
+def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local, tmp_path, capsys):
     from cluster.train import run_train
 
     common = [*OVERRIDES, "learner.num_ranks=1", "rollout.num_workers=1", "cluster.checkpoint_every=1",
@@ -103,7 +103,9 @@ def test_resume_continues_at_the_next_batch_from_the_latest_checkpoint(ray_local
         f.write(json.dumps({"iteration": 1, "policy_version": 99}) + "\n")
     assert (run / "checkpoints" / "iter_000001" / "optimizer" / "rank000-of-001.safetensors").is_file()
     capsys.readouterr()
-    assert run_train(load_config(None, [*common, "cluster.iterations=2"]), resume=True) == 0
+    # the attempt that resumes scales the rollout pool out: engines hold no state a run needs
+    scaled = [*common, "cluster.iterations=2", "rollout.num_workers=2"]
+    assert run_train(load_config(None, scaled), resume=True) == 0
     assert "learner: optimizer state restored" in capsys.readouterr().out
 
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
