@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.data.scenes import CUES, STYLES, cue_label
+from rewards.evaluation import predict
 
 _STEP2 = re.compile(r"<step2>(.*?)</step2>", re.S)
 # the <think> form (GRPO baseline): the same parts in one paragraph, step 2 the sentence after step 1's
@@ -30,7 +31,6 @@ _THINK_STEP2 = re.compile(
     r"<think>.*?\.\s+((?:All cues agree|[A-Z][^.<]*? feels? like \w+, but)[^<]*)</think>", re.S
 )
 _BORROWED = re.compile(r"^(.*?) feels? like (\w+), but most cues suggest (\w+)")
-_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 _BY_SHORT = {cue.short: name for name, cue in CUES.items()}
 
 
@@ -52,8 +52,7 @@ def judge(response: str, style: str, cues: Mapping[str, str]) -> Verdict:
     gold = max(dict.fromkeys(owners), key=owners.count)
     borrowed = {cue for cue, owner in zip(cues.values(), owners, strict=True) if owner != gold}
     partners = {owner for owner in owners if owner != gold}
-    boxed = _BOXED.findall(response)
-    answer = boxed[-1].strip().lower() if boxed else None
+    answer = predict(response, STYLES[style].labels)  # the evaluation's reading: None if unparseable
     right, partner = answer == gold, answer in partners
     step2 = _step2(response)
     if step2 is None:
@@ -78,12 +77,10 @@ def _named_cues(step2: str) -> list[str] | None:
     found = _BORROWED.match(step2)
     if found is None:
         return None
-    names = [
-        _BY_SHORT.get(p[0].lower() + p[1:]) for p in (p.strip() for p in found.group(1).split(" and ")) if p
-    ]
-    if not names or None in names:
+    phrases = [p[0].lower() + p[1:] for p in (p.strip() for p in found.group(1).split(" and ")) if p]
+    if not phrases or not all(p in _BY_SHORT for p in phrases):
         return None
-    return [name for name in names if name is not None]
+    return [_BY_SHORT[p] for p in phrases]
 
 
 def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:

@@ -145,3 +145,15 @@ def test_a_run_without_rollouts_or_on_real_data_is_a_clear_error(
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     with pytest.raises(ConfigError, match="only synthetic data"):
         run_verdicts(run_dir)
+
+
+def test_the_answer_is_read_as_the_accuracy_reward_reads_it() -> None:
+    from rewards.rules import accuracy_reward
+
+    # an unclosed box before the real one: the reward counts the last complete box
+    nested = set_response(SCENE).replace(
+        "\\boxed{contentment}", "\\boxed{ low arousal.\n\\boxed{contentment}"
+    )
+    assert accuracy_reward(nested, "contentment") == 1.0
+    assert judge(nested, "emoset", CUES).right
+    assert not judge(nested.replace("{contentment}", "{contentment"), "emoset", CUES).right  # no complete box
