@@ -34,7 +34,7 @@ from rewards.prompts import (
 )
 
 # Bump when the build code changes what lands on disk: cached folders are keyed by it.
-BUILD_VERSION = 2
+BUILD_VERSION = 3  # 3: caption pretraining steps by length group (same gradient, other float rounding)
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SPECIAL_TOKENS = (

@@ -244,3 +244,38 @@ def test_the_folder_name_follows_the_pretraining_images_bytes_not_only_their_nam
     assert model_digest(CORPUS, TinyModelSpec(), captions) == before
     solid_image((30, 30, 200)).save(image)  # regenerated: same name, same caption, other pixels
     assert model_digest(CORPUS, TinyModelSpec(), captions) != before
+
+
+def test_pretraining_steps_by_length_group_give_the_whole_batch_gradient(captions, model_dir):
+    """A mini-batch mixing the short caption prompt and the long task prompt is run as one forward
+    per length group (no row padded to the task prompt); the gradient is the one-forward gradient."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from cluster.data.images import load_image
+    from cluster.pretrain import _accumulate
+    from learner.batch import collate, completion_logits, length_groups
+    from learner.grpo import token_logprobs
+    from learner.sft import ANSWER, ExampleText, encode, nll_loss
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    mixed = [(image, QUESTION if i % 2 else prompt, text) for i, (image, prompt, text) in enumerate(captions)]
+    rollouts = [
+        encode(ExampleText(ANSWER, prompt, image, text), processor, load_image).rollout(i)
+        for i, (image, prompt, text) in enumerate(mixed)
+    ]
+    assert len(length_groups(rollouts, slack=16)) == 2
+
+    batch = collate(rollouts, processor, load_image)
+    logits = completion_logits(model(**batch.model_inputs()).logits, batch)
+    whole, _ = nll_loss(token_logprobs(logits, batch.completion_ids), batch.mask, batch.num_tokens)
+    whole.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    loss = _accumulate(model, processor, rollouts, load_image)
+    assert loss == pytest.approx(float(whole), rel=1e-5)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -13,6 +13,7 @@ from learner.batch import (
     TrainRollout,
     collate,
     completion_logits,
+    length_groups,
     micro_batches_per_step,
     num_completion_tokens,
     rollouts_from_group,
@@ -100,6 +101,24 @@ def test_split_gives_contiguous_near_equal_non_empty_parts():
     assert split([1, 2], 2) == [[1], [2]]
     with pytest.raises(ValueError, match="cannot split 2 items into 3"):
         split([1, 2], 3)
+
+
+def test_length_groups_sort_by_length_and_cut_where_padding_would_exceed_the_slack():
+    def of(prompt, completion):
+        return rollout(0, list(range(prompt)), list(range(completion)), None)
+
+    rows = [of(196, 35), of(75, 30), of(146, 40), of(196, 30), of(75, 40), of(146, 33)]
+    parts = length_groups(rows, slack=16)
+    assert [[len(r.prompt_token_ids) for r in part] for part in parts] == [[75, 75], [146, 146], [196, 196]]
+    assert [len(r.completion_token_ids) for r in parts[0]] == [30, 40]  # shortest first
+    assert sorted(map(id, rows)) == sorted(id(r) for part in parts for r in part)  # each row once
+    assert length_groups(rows, slack=200) == [
+        sorted(rows, key=lambda r: len(r.prompt_token_ids) + len(r.completion_token_ids))
+    ]
+    assert len(length_groups(rows, slack=0)) == 6  # every length differs
+    assert length_groups([], slack=4) == []
+    with pytest.raises(ValueError, match="slack=-1"):
+        length_groups(rows, slack=-1)
 
 
 def test_micro_batches_per_step_covers_the_largest_rank_shard():
