@@ -29,10 +29,21 @@ class RolloutConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="engine dtype; float32 on CPU makes engine and learner logprobs agree to 1e-6"
     )
-    kv_cache_mib: int = Field(128, ge=16, description="KV cache per engine on CPU (MiB)")
+    kv_cache_mib: int = Field(
+        512,
+        ge=16,
+        description="KV cache per engine on CPU (MiB): 512 holds 256 sequences of the default's length",
+    )
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="vLLM share of GPU memory (GPU only)")
-    max_num_seqs: int = Field(64, ge=1, description="sequences an engine schedules at once")
+    max_num_seqs: int = Field(
+        256,
+        ge=1,
+        description="sequences an engine schedules at once (the default's 16 x 8 rollouts in one batch)",
+    )
     enforce_eager: bool = Field(True, description="no CUDA graphs / compilation (always eager on CPU)")
-    chunk_size: int = Field(
-        4, ge=1, description="prompts per generate call: smaller chunks reach the reward pool sooner"
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="prompts per generate call; None: an even share of the iteration's prompts per rollout worker, one "
+        "call each (fastest). Smaller chunks reach the reward pool sooner",
     )

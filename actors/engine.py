@@ -29,8 +29,8 @@ class EngineSettings:
     model_path: str
     dtype: str = "float32"
     max_model_len: int = 1024
-    max_num_seqs: int = 64
-    kv_cache_mib: int = 128
+    max_num_seqs: int = 256
+    kv_cache_mib: int = 512
     gpu_memory_utilization: float = 0.6
     tensor_parallel_size: int = 1
     enforce_eager: bool = True

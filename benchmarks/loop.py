@@ -1,11 +1,12 @@
 """`emo-r3 bench loop`: the training loop's costs on the embedded default, measured side by side.
 
-Prints (and writes as JSON) four measurements, each comparison made in one run on this machine:
+Prints (and writes as JSON) five measurements, each comparison made in one run on this machine:
 1. per-stage seconds of a short training run (generate, reward tail, train, sync);
 2. rollout tokens/s of a rollout worker (Ray actor + engine wrapper) vs raw `vllm.LLM.generate` on
    the same prompts and sampling settings (ratio);
 3. iteration time with the Reflective Emotional Reward vs without (ratio);
-4. weight push time to 1, 2 and 4 engines;
+4. iteration time with 4-prompt generate calls vs one call per rollout worker (ratio);
+5. weight push time to 1, 2 and 4 engines;
 plus the peak system memory in use (MemTotal − MemAvailable) while it ran.
 """
 
@@ -66,12 +67,22 @@ def _loop(cfg: RunConfig, iterations: int) -> list[dict]:
     return history[1:]
 
 
+# The loop's variants, each on a fresh cluster: the reflection ratio compares the first two, the
+# chunking ratio the first and the last (four-prompt generate calls stream groups to the reward
+# pool sooner; one call per rollout worker, the default, generates faster).
+VARIANTS = {
+    "with_reflection": ["reward.reflection=true"],
+    "without_reflection": ["reward.reflection=false"],
+    "chunks_of_4": ["reward.reflection=true", "rollout.chunk_size=4"],
+}
+
+
 def stage_times(overrides: list[str], iterations: int) -> dict[str, dict[str, float]]:
-    """Mean per-stage seconds with reflection on and off (reflection ratio)."""
+    """Mean per-stage seconds of each of VARIANTS."""
     out = {}
-    for name, flag in (("with_reflection", "true"), ("without_reflection", "false")):
-        cfg = load_config(None, [*BASE, *overrides, f"cluster.iterations={iterations + 1}",
-                                 f"reward.reflection={flag}", f"cluster.run_name=bench-{name}"])  # fmt: skip
+    for name, variant in VARIANTS.items():
+        cfg = load_config(None, [*BASE, *overrides, f"cluster.iterations={iterations + 1}", *variant,
+                                 f"cluster.run_name=bench-{name}"])  # fmt: skip
         history = _loop(cfg, iterations)
         keys = [k for k in history[0] if k.startswith("timing_s/") or k == "throughput/rollout_tokens_per_s"]
         out[name] = {k: statistics.fmean(m[k] for m in history) for k in keys}
@@ -138,9 +149,9 @@ def run(overrides: list[str], iterations: int, out: Path | None) -> dict:
         "weight_push_s": push_times(overrides),
     }
     s = result["stages"]
-    result["reflection_ratio"] = (
-        s["with_reflection"]["timing_s/iteration"] / s["without_reflection"]["timing_s/iteration"]
-    )
+    iteration_s = {name: stages["timing_s/iteration"] for name, stages in s.items()}
+    result["reflection_ratio"] = iteration_s["with_reflection"] / iteration_s["without_reflection"]
+    result["chunking_ratio"] = iteration_s["chunks_of_4"] / iteration_s["with_reflection"]
     result["peak_memory_gb"] = memory.stop()
     result["wall_s"] = time.perf_counter() - started
     print(format_result(result))
@@ -151,11 +162,15 @@ def run(overrides: list[str], iterations: int, out: Path | None) -> dict:
 
 def format_result(r: dict) -> str:
     s, raw, push = r["stages"], r["rollout_vs_raw_vllm"], r["weight_push_s"]
-    lines = ["| stage (s, mean per iteration) | with reflection | without reflection |", "|---|---|---|"]
+    lines = [
+        "| stage (s, mean per iteration) | " + " | ".join(name.replace("_", " ") for name in s) + " |",
+        "|---|" + "---|" * len(s),
+    ]
     for key in s["with_reflection"]:
-        lines.append(f"| {key} | {s['with_reflection'][key]:.2f} | {s['without_reflection'][key]:.2f} |")
+        lines.append(f"| {key} | " + " | ".join(f"{stages[key]:.2f}" for stages in s.values()) + " |")
     lines += [
         "", f"iteration time, with / without reflection: {r['reflection_ratio']:.2f}x",
+        f"iteration time, 4-prompt generate calls / one call per rollout worker: {r['chunking_ratio']:.2f}x",
         f"rollout worker {raw['worker_tokens_per_s']:.0f} tok/s vs raw vllm.LLM.generate {raw['raw_tokens_per_s']:.0f} "
         f"tok/s: ratio {raw['ratio']:.2f}",
         "weight push: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in push.items()),

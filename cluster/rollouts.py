@@ -1,5 +1,8 @@
 """One iteration's generation and scoring, streamed: each chunk of groups goes to the reward pool
-as soon as it is generated, so reflection overlaps the rest of the generation.
+as soon as it is generated (split over its workers), so reflection overlaps the rest of the
+generation. The chunk size trades that overlap for generation speed: by default (`rollout.chunk_size`
+None) every rollout worker gets one call with its share of the prompts, the fastest way to generate
+(one 16-prompt call is 1.5x faster than four 4-prompt calls on the CPU default: README, Benchmarks).
 
 Deadlines: a generation chunk that misses `generate_timeout_s` fails the iteration with the worker
 named (the batch cannot be trained short); a scoring call that raises or misses `reward.timeout_s`
@@ -18,6 +21,7 @@ from actors.types import Group, PromptRequest
 from cluster.data.sample import Sample
 from cluster.pools import DeadlineExceeded
 from cluster.workers import RewardPool, RolloutPool
+from learner.batch import split
 from rewards.scoring import RolloutScore, ScoreItem
 
 
@@ -47,9 +51,10 @@ def generate_and_score(
     version: int, *, chunk_size: int, generate_timeout_s: float, reward_timeout_s: float,
 ) -> IterationRollouts:  # fmt: skip
     start = time.perf_counter()
+    size = chunk_size or -(-len(requests) // len(rollout.actors))
     generating = {
         rollout.submit_generate([requests[i] for i in chunk]): _Pending(chunk, start)
-        for chunk in _chunks(len(requests), chunk_size)
+        for chunk in _chunks(len(requests), size)
     }
     scoring: dict[ray.ObjectRef, tuple[list[ScoredGroup], float]] = {}
     done: list[ScoredGroup] = []
@@ -63,7 +68,8 @@ def generate_and_score(
                 groups = [
                     ScoredGroup(batch[i], g, []) for i, g in zip(pending.chunk, ray.get(ref), strict=True)
                 ]
-                scoring[reward.submit_score([_item(sg) for sg in groups], version)] = (groups, now)
+                for part in split(groups, min(len(groups), len(reward.actors))):  # every reward worker busy
+                    scoring[reward.submit_score([_item(sg) for sg in part], version)] = (part, now)
                 if not generating:
                     result.generate_s = now - start
             else:

@@ -24,8 +24,10 @@ LABELS = ("fear", "joy")
 class FakeRollout:
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
+        self.calls: list[list[int]] = []
 
     def generate(self, requests):
+        self.calls.append([r.group_id for r in requests])
         time.sleep(self.delay_s)
         text = "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{fear}"
         return [
@@ -33,17 +35,25 @@ class FakeRollout:
             for r in requests
         ]
 
+    def generate_calls(self):
+        return self.calls
+
 
 class FakeReward:
     def __init__(self, mode: str):
         self.mode = mode
+        self.items: list[int] = []
 
     def score(self, items, expected_version):
+        self.items.append(len(items))
         if self.mode == "raise":
             raise RuntimeError("judge engine died")
         if self.mode == "hang":
             time.sleep(60)
         return score_items(items, None, RewardRules())
+
+    def scored(self):
+        return self.items
 
 
 @pytest.fixture
@@ -51,12 +61,16 @@ def local_ray(ray_local):
     return ray_local
 
 
-def _run(rollout_actor, reward_actor, *, generate_timeout_s=30.0, reward_timeout_s=30.0):
-    batch = [Sample(f"s{i}", "img.png", "q", LABELS, "fear") for i in range(4)]
-    requests = [PromptRequest(i, "q", "img.png") for i in range(4)]
+def _run(
+    rollout_actor, reward_actor, *, generate_timeout_s=30.0, reward_timeout_s=30.0, chunk_size=2, prompts=4
+):
+    batch = [Sample(f"s{i}", "img.png", "q", LABELS, "fear") for i in range(prompts)]
+    requests = [PromptRequest(i, "q", "img.png") for i in range(prompts)]
+    rollout_actors = rollout_actor if isinstance(rollout_actor, list) else [rollout_actor]
+    reward_actors = reward_actor if isinstance(reward_actor, list) else [reward_actor]
     return generate_and_score(
-        batch, requests, RolloutPool([rollout_actor]), RewardPool([reward_actor], follows_policy=True), 0,
-        chunk_size=2, generate_timeout_s=generate_timeout_s, reward_timeout_s=reward_timeout_s,
+        batch, requests, RolloutPool(rollout_actors), RewardPool(reward_actors, follows_policy=True), 0,
+        chunk_size=chunk_size, generate_timeout_s=generate_timeout_s, reward_timeout_s=reward_timeout_s,
     )  # fmt: skip
 
 
@@ -89,3 +103,22 @@ def test_a_stuck_rollout_worker_is_a_clear_error(local_ray):
         _run(
             ray.remote(FakeRollout).remote(60.0), ray.remote(FakeReward).remote("ok"), generate_timeout_s=2.0
         )
+
+
+def test_by_default_each_rollout_worker_gets_one_call_and_every_reward_worker_a_share(local_ray):
+    rollouts = [ray.remote(FakeRollout).remote() for _ in range(2)]
+    rewards = [ray.remote(FakeReward).remote("ok") for _ in range(3)]
+    result = _run(rollouts, rewards, chunk_size=None, prompts=6)
+    assert [sg.group.group_id for sg in result.groups] == list(range(6))
+    assert ray.get([r.generate_calls.remote() for r in rollouts]) == [[[0, 1, 2]], [[3, 4, 5]]]
+    # each worker's 3 groups go out as 3 calls of one group: 6 calls, 2 per reward worker
+    scored = ray.get([r.scored.remote() for r in rewards])
+    assert sorted(n for calls in scored for n in calls) == [1] * 6 and all(
+        len(calls) == 2 for calls in scored
+    )
+
+
+def test_an_explicit_chunk_size_cuts_the_prompts_into_calls_of_that_size(local_ray):
+    rollout = ray.remote(FakeRollout).remote()
+    _run(rollout, ray.remote(FakeReward).remote("ok"), chunk_size=2, prompts=5)
+    assert ray.get(rollout.generate_calls.remote()) == [[0, 1], [2, 3], [4]]
