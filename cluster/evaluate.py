@@ -38,7 +38,7 @@ GenerateFn = Callable[[list[PromptRequest], SamplingSettings], list[Group]]
 # state it (§3 gives these values for the reflections; §5 only says unparseable answers are wrong).
 EVAL_TEMPERATURE = 0.6
 EVAL_TOP_P = 0.95
-BATCH_SIZE = 64  # requests per generate call
+BATCH_SIZE = 256  # requests per generate call: one engine batch at the default rollout.max_num_seqs
 PROMPT_TOKEN_ROOM = 1024  # max_model_len is raised to at least this + max_new_tokens
 _SEED_STRIDE = 100_003  # per-request seed = seed * stride + index, as `emo-r3 sample` does
 

@@ -1,14 +1,12 @@
 """Held-out evaluation inside training: every `cluster.eval_every` iterations and after the last.
 
-Runs on the first rollout worker at the current policy version (before that iteration's update), one
-sample per prompt with the validation sampling (temperature 0.6, top_p 0.95 unless
-`cluster.eval_greedy`), no reflection (METHOD.md §3); lands in metrics.jsonl as
+Runs on the rollout workers (each call's requests split evenly over them) at the current policy
+version (before that iteration's update), one sample per prompt with the validation sampling
+(temperature 0.6, top_p 0.95 unless `cluster.eval_greedy`), no reflection (METHOD.md §3); lands in metrics.jsonl as
 `eval/<dataset>/<accuracy|parse_failure_rate|format_rate>` and `eval/<A^I|A^O|A>`.
 """
 
 from __future__ import annotations
-
-import ray
 
 from cluster.config import RunConfig
 from cluster.evaluate import evaluate_samples, evaluation_sampling, load_sources
@@ -30,8 +28,8 @@ class Evaluator:
         self.last_version: int | None = None
 
     def _generate(self, requests, sampling):
-        actor = self.tc.rollout.actors[0]
-        return ray.get(actor.generate.remote(requests, sampling), timeout=self.cfg.cluster.generate_timeout_s)
+        timeout_s = self.cfg.cluster.generate_timeout_s
+        return self.tc.rollout.generate_all(requests, sampling, timeout_s, "held-out evaluation")
 
     def run(self, version: int) -> dict[str, float]:
         results = evaluate_samples(self._generate, self.datasets, prompt_style=self.cfg.data.prompt_style,

@@ -13,8 +13,9 @@ from typing import Any
 
 import ray
 
-from actors.types import PromptRequest
+from actors.types import Group, PromptRequest, SamplingSettings
 from cluster.pools import wait_all
+from learner.batch import split
 from rewards.scoring import ScoreItem
 
 
@@ -46,6 +47,16 @@ class RolloutPool:
 
     def submit_generate(self, requests: Sequence[PromptRequest]) -> ray.ObjectRef:
         return self.actors[next(self._next)].generate.remote(list(requests))
+
+    def generate_all(
+        self, requests: Sequence[PromptRequest], sampling: SamplingSettings, timeout_s: float, what: str
+    ) -> list[Group]:
+        """Groups of every request, in order: the requests split evenly over the workers, one call each."""
+        parts = split(requests, min(len(requests), len(self.actors)))
+        refs = [
+            actor.generate.remote(part, sampling) for actor, part in zip(self.actors, parts, strict=False)
+        ]
+        return [group for groups in wait_all(refs, timeout_s, what) for group in groups]
 
     def versions(self, timeout_s: float) -> list[int]:
         return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "rollout versions")

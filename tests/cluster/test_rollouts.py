@@ -26,7 +26,7 @@ class FakeRollout:
         self.delay_s = delay_s
         self.calls: list[list[int]] = []
 
-    def generate(self, requests):
+    def generate(self, requests, sampling=None):
         self.calls.append([r.group_id for r in requests])
         time.sleep(self.delay_s)
         text = "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{fear}"
@@ -122,3 +122,21 @@ def test_an_explicit_chunk_size_cuts_the_prompts_into_calls_of_that_size(local_r
     rollout = ray.remote(FakeRollout).remote()
     _run(rollout, ray.remote(FakeReward).remote("ok"), chunk_size=2, prompts=5)
     assert ray.get(rollout.generate_calls.remote()) == [[0, 1], [2, 3], [4]]
+
+
+def test_generate_all_splits_the_requests_over_the_workers_and_keeps_their_order(local_ray):
+    workers = [ray.remote(FakeRollout).remote() for _ in range(3)]
+    pool = RolloutPool(workers)
+    groups = pool.generate_all([PromptRequest(i, "q", "img.png") for i in range(7)], None, 30.0, "evaluation")
+    assert [g.group_id for g in groups] == list(range(7))
+    assert ray.get([w.generate_calls.remote() for w in workers]) == [[[0, 1, 2]], [[3, 4]], [[5, 6]]]
+    one = pool.generate_all(
+        [PromptRequest(9, "q", "img.png")], None, 30.0, "evaluation"
+    )  # fewer than workers
+    assert [g.group_id for g in one] == [9]
+
+
+def test_generate_all_past_its_deadline_is_a_clear_error(local_ray):
+    pool = RolloutPool([ray.remote(FakeRollout).remote(60.0)])
+    with pytest.raises(DeadlineExceeded, match="held-out evaluation"):
+        pool.generate_all([PromptRequest(0, "q", "img.png")], None, 2.0, "held-out evaluation")
