@@ -133,18 +133,20 @@ class ClusterConfig(BaseModel):
         False, description="allow a non-loopback Ray address without token auth"
     )
     num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started when no cluster is given")
-    iterations: int = Field(20, ge=1, description="generate→score→train→sync cycles")
+    iterations: int = Field(
+        24, ge=1, description="generate→score→train→sync cycles (the CPU default's fit in its 15 minutes)"
+    )
     prompts_per_iteration: int = Field(16, ge=1, description="B: prompts per iteration (METHOD.md §4: 512)")
     seed: int = Field(0, description="seeds data order, sampling and model init")
     output_dir: str = Field("runs", description="run directories are created under it")
     run_name: str | None = Field(None, description="run directory name; default: a timestamp")
-    checkpoint_every: int = Field(10, ge=0, description="iterations between checkpoints (0: only at the end)")
+    checkpoint_every: int = Field(12, ge=0, description="iterations between checkpoints (0: only at the end)")
     checkpoint_optimizer: bool = Field(
         True,
         description="checkpoints also hold every rank's AdamW state and lr-schedule step, so --resume continues "
         "exactly (about 3x the fp32 parameter bytes per checkpoint; safetensors); false: moments restart on resume",
     )
-    eval_every: int = Field(10, ge=0, description="iterations between held-out evaluations (0: off)")
+    eval_every: int = Field(12, ge=0, description="iterations between held-out evaluations (0: off)")
     eval_limit: int = Field(
         256, ge=1, description="held-out samples per data.eval source in in-training evaluation"
     )
