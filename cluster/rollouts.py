@@ -51,7 +51,7 @@ def generate_and_score(
     version: int, *, chunk_size: int, generate_timeout_s: float, reward_timeout_s: float,
 ) -> IterationRollouts:  # fmt: skip
     start = time.perf_counter()
-    size = chunk_size or -(-len(requests) // len(rollout.actors))
+    size = chunk_size or max(1, -(-len(requests) // len(rollout.actors)))
     generating = {
         rollout.submit_generate([requests[i] for i in chunk]): _Pending(chunk, start)
         for chunk in _chunks(len(requests), size)
