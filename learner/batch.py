@@ -76,6 +76,23 @@ def rollouts_from_group(
 
 
 @dataclass(frozen=True)
+class SharedPrompts:
+    """The distinct prompts of a micro-batch (a group's G rollouts share one), for the forward that
+    runs each prompt once and its rows' completions on top of its key/value cache (learner.shared).
+
+    Prompts are LEFT-padded to one length P, so every prompt's last token is at column P − 1 and
+    every row's completion starts at cache position P.
+    """
+
+    input_ids: Tensor  # [U, P] long, left-padded with the pad id
+    attention_mask: Tensor  # [U, P] long, 1 on real tokens
+    mm_token_type_ids: Tensor  # [U, P] int, 0 text / 1 image
+    pixel_values: Tensor | None  # [P', C·t·p·p] the images of the U prompts, in prompt order
+    image_grid_thw: Tensor | None  # [I, 3] long, one row per image
+    index: Tensor  # [N] long: row i's prompt is prompt index[i]
+
+
+@dataclass(frozen=True)
 class MicroBatch:
     """Tensors of one forward/backward; completion tensors are completion-aligned [N, T]."""
 
@@ -92,6 +109,7 @@ class MicroBatch:
     image_grid_thw: Tensor | None  # [I, 3] long, one row per image
     old_logprobs: Tensor | None = None  # [N, T] learner, before the iteration's updates
     ref_logprobs: Tensor | None = None  # [N, T] reference policy
+    prompts: SharedPrompts | None = None  # the distinct prompts, for learner.shared (collate(share_prompts=True))
 
     @property
     def num_tokens(self) -> int:
@@ -100,11 +118,9 @@ class MicroBatch:
 
     def to(self, device: torch.device | str) -> MicroBatch:
         """A copy with every tensor on `device`."""
-        moved = {
-            f.name: getattr(self, f.name).to(device)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
-        }
+        moved = _moved(self, device)
+        if self.prompts is not None:
+            moved["prompts"] = replace(self.prompts, **_moved(self.prompts, device))
         return replace(self, **moved)
 
     def model_inputs(self) -> dict[str, Any]:
@@ -120,6 +136,12 @@ class MicroBatch:
             inputs["pixel_values"] = self.pixel_values
             inputs["image_grid_thw"] = self.image_grid_thw
         return inputs
+
+
+def _moved(obj: Any, device: torch.device | str) -> dict[str, Tensor]:
+    return {
+        f.name: getattr(obj, f.name).to(device) for f in fields(obj) if isinstance(getattr(obj, f.name), Tensor)
+    }
 
 
 def completion_logits(logits: Tensor, batch: MicroBatch) -> Tensor:
@@ -181,12 +203,18 @@ def micro_batches_per_step(mini_batch_size: int, num_ranks: int, micro_batch_siz
 
 
 def collate(
-    rollouts: Sequence[TrainRollout], processor: Any, image_loader: Callable[[ImageRef], Any]
+    rollouts: Sequence[TrainRollout],
+    processor: Any,
+    image_loader: Callable[[ImageRef], Any],
+    *,
+    share_prompts: bool = False,
 ) -> MicroBatch:
     """One MicroBatch from rollouts, with the processor's image tensors; checks image-token counts.
 
-    Raises ValueError naming the group when a prompt's `<|image_pad|>` count does not match its
-    image's grid (LESSONS.md: "image features and image tokens do not match").
+    `share_prompts`: also collate the distinct prompts (`MicroBatch.prompts`) for learner.shared's
+    forward, which runs each prompt once. Raises ValueError naming the group when a prompt's
+    `<|image_pad|>` count does not match its image's grid (LESSONS.md: "image features and image
+    tokens do not match").
     """
     if not rollouts:
         raise ValueError("collate needs at least one rollout")
@@ -197,7 +225,46 @@ def collate(
     merge = int(processor.image_processor.merge_size)
     _check_image_tokens(rollouts, grid, image_pad, video_pad, merge)
     text = _text_tensors(rollouts, int(tokenizer.pad_token_id), image_pad)
-    return MicroBatch(**text, pixel_values=pixel_values, image_grid_thw=grid)
+    prompts = (
+        _shared_prompts(rollouts, processor.image_processor, image_loader, int(tokenizer.pad_token_id), image_pad)
+        if share_prompts
+        else None
+    )
+    return MicroBatch(**text, pixel_values=pixel_values, image_grid_thw=grid, prompts=prompts)
+
+
+def _shared_prompts(
+    rollouts: Sequence[TrainRollout],
+    image_processor: Any,
+    image_loader: Callable[[ImageRef], Any],
+    pad_id: int,
+    image_pad: int,
+) -> SharedPrompts:
+    """The distinct (prompt ids, image) pairs in first-seen order, left-padded; row → prompt index."""
+    where: dict[tuple[tuple[int, ...], ImageRef | None], int] = {}
+    firsts: list[TrainRollout] = []  # one row per distinct prompt
+    index = []
+    for r in rollouts:
+        key = (tuple(r.prompt_token_ids), r.image)
+        if key not in where:
+            where[key] = len(firsts)
+            firsts.append(r)
+        index.append(where[key])
+    pixel_values, grid = _images(firsts, image_processor, image_loader)
+    width = max(len(r.prompt_token_ids) for r in firsts)
+    input_ids = torch.full((len(firsts), width), pad_id, dtype=torch.long)  # [U, P]
+    attention_mask = torch.zeros((len(firsts), width), dtype=torch.long)  # [U, P]
+    for u, r in enumerate(firsts):
+        input_ids[u, width - len(r.prompt_token_ids) :] = torch.tensor(r.prompt_token_ids, dtype=torch.long)
+        attention_mask[u, width - len(r.prompt_token_ids) :] = 1
+    return SharedPrompts(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        mm_token_type_ids=(input_ids == image_pad).to(torch.int32) * IMAGE_TYPE,
+        pixel_values=pixel_values,
+        image_grid_thw=grid,
+        index=torch.tensor(index, dtype=torch.long),
+    )
 
 
 def _images(

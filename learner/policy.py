@@ -33,6 +33,7 @@ from torch import Tensor
 from learner.batch import MicroBatch, completion_logits
 from learner.config import LearnerConfig
 from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss, token_logprobs
+from learner.shared import shared_prompt_logits
 from learner.sft import sft_objective
 
 OPTIMIZER_DIR = "optimizer"  # inside a checkpoint: one safetensors file per rank (Policy.save_optimizer)
@@ -140,7 +141,10 @@ class Policy:
 
     def _forward(self, module: Any, batch: MicroBatch) -> tuple[Tensor, Tensor]:
         """logprobs [N, T] (fp32) of the completion tokens and their logits [N, T, V]."""
-        logits = completion_logits(module(**batch.model_inputs()).logits, batch)  # [N, T, V]
+        if batch.prompts is not None:
+            logits = shared_prompt_logits(module, batch)  # [N, T, V]
+        else:
+            logits = completion_logits(module(**batch.model_inputs()).logits, batch)  # [N, T, V]
         return token_logprobs(logits, batch.completion_ids), logits
 
     @torch.no_grad()

@@ -72,6 +72,7 @@ class LearnerRank:
         self.rank = rank
         # the ratio's old logprobs are the sampler's ("auto" is resolved by the caller: behaviour_logprobs)
         self.old_from_engine = cfg.old_logprobs == "engine"
+        self.share_prompts = cfg.share_prompts
         self.micro_batches_per_step = micro_batches_per_step
         self.image_loader = image_loader
         self.processor = load_processor(model_path)
@@ -144,12 +145,15 @@ class LearnerRank:
 
     def _prepare(self, shard: Sequence[TrainRollout]) -> list[MicroBatch]:
         """The shard's micro-batches with old (and reference) logprobs of the current weights."""
-        return [self._with_logprobs(batch) for batch in self._micro_batches(shard)]
+        batches = self._micro_batches(shard, share_prompts=self.share_prompts)
+        return [self._with_logprobs(batch) for batch in batches]
 
-    def _micro_batches(self, shard: Sequence[TrainRollout]) -> list[MicroBatch]:
-        """The shard in `micro_batches_per_step` collated parts."""
+    def _micro_batches(self, shard: Sequence[TrainRollout], share_prompts: bool = False) -> list[MicroBatch]:
+        """The shard in `micro_batches_per_step` collated parts (SFT examples do not share prompts)."""
         parts = split(shard, self.micro_batches_per_step)
-        return [collate(part, self.processor, self.image_loader) for part in parts]
+        return [
+            collate(part, self.processor, self.image_loader, share_prompts=share_prompts) for part in parts
+        ]
 
     def _with_logprobs(self, batch: MicroBatch) -> MicroBatch:
         # [N, T]; the sampler's are 0 on padding too

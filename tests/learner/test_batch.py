@@ -96,6 +96,74 @@ def test_collate_processes_a_shared_image_once_per_rollout_in_order(processor):
     torch.testing.assert_close(batch.pixel_values[:64], batch.pixel_values[80:])
 
 
+def text_prompt_ids(processor, text):
+    """A text-only prompt as the engine builds it."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+    rendered = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return processor.tokenizer(rendered)["input_ids"]
+
+
+def shared_batch(processor):
+    """Two image groups with prompts of different lengths, a text-only group, one row of a repeated
+    prompt with another image (not the same prompt), completions of different lengths."""
+    big, small = png((200, 30, 30), 112), png((30, 30, 200), 56)
+    long_prompt = engine_prompt_ids(processor, big, CORPUS[1] + " " + CORPUS[2])
+    short_prompt = engine_prompt_ids(processor, small, CORPUS[0])
+    text = text_prompt_ids(processor, CORPUS[3])
+    gen = torch.Generator().manual_seed(0)
+
+    def completion(n):
+        return torch.randint(20, 100, (n,), generator=gen).tolist()
+
+    rows = [(long_prompt, big, 5), (long_prompt, big, 9), (short_prompt, small, 3), (text, None, 7)]
+    rows += [(short_prompt, small, 11), (long_prompt, big, 1), (text, None, 4)]
+    other = png((240, 200, 20), 56)
+    rows += [(engine_prompt_ids(processor, other, CORPUS[0]), other, 6)]  # short_prompt's ids, another image
+    rollouts = [rollout(i, p, completion(n), im) for i, (p, im, n) in enumerate(rows)]
+    return rollouts, collate(rollouts, processor, load_image, share_prompts=True)
+
+
+def test_collate_shares_each_distinct_prompt_and_image_once_left_padded(processor):
+    rollouts, batch = shared_batch(processor)
+    prompts = batch.prompts
+    assert prompts.index.tolist() == [0, 0, 1, 2, 1, 0, 2, 3]
+    firsts = [rollouts[i] for i in (0, 2, 3, 7)]
+    width = max(len(r.prompt_token_ids) for r in firsts)
+    assert prompts.input_ids.shape == prompts.attention_mask.shape == (4, width)
+    for u, r in enumerate(firsts):  # left-padded: every prompt ends in the last column
+        n = len(r.prompt_token_ids)
+        assert prompts.input_ids[u, width - n :].tolist() == list(r.prompt_token_ids)
+        assert prompts.attention_mask[u].tolist() == [0] * (width - n) + [1] * n
+    assert prompts.image_grid_thw.tolist() == [[1, 8, 8], [1, 4, 4], [1, 4, 4]]  # the text prompt has none
+    assert prompts.pixel_values.shape[0] == 64 + 16 + 16
+    assert batch.to("cpu").prompts.index.tolist() == prompts.index.tolist()
+    assert collate(rollouts, processor, load_image).prompts is None  # off unless asked
+
+
+def test_shared_prompt_forward_gives_the_full_forward_logits_and_gradients(model_path, processor):
+    from transformers import AutoModelForImageTextToText
+
+    from learner.shared import shared_prompt_logits
+
+    model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=torch.float32).eval()
+    _, batch = shared_batch(processor)
+
+    def logits_and_gradients(forward):
+        model.zero_grad()
+        logits = forward()  # [N, T, V]
+        logprobs = torch.log_softmax(logits, -1).gather(-1, batch.completion_ids[..., None])[..., 0]
+        (logprobs * batch.mask * torch.linspace(-1, 1, len(batch.mask))[:, None]).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = logits_and_gradients(lambda: completion_logits(model(**batch.model_inputs()).logits, batch))
+    shared, shared_grads = logits_and_gradients(lambda: shared_prompt_logits(model, batch))
+    assert shared.shape == full.shape
+    assert (shared - full).abs()[batch.mask].max() < 1e-5
+    assert shared_grads.keys() == full_grads.keys() == {n for n, _ in model.named_parameters()}
+    for name, grad in full_grads.items():  # every parameter, the vision tower's included
+        assert (shared_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-9, name
+
+
 def test_split_gives_contiguous_near_equal_non_empty_parts():
     assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
     assert split([1, 2], 2) == [[1], [2]]
