@@ -6,7 +6,8 @@ Prints (and writes as JSON) five measurements, each comparison made in one run o
    the same prompts and sampling settings (ratio);
 3. iteration time with the Reflective Emotional Reward vs without (ratio);
 4. iteration time with 4-prompt generate calls vs one call per rollout worker (ratio);
-5. weight push time to 1, 2 and 4 engines;
+5. train time with full-sequence forwards vs each distinct prompt run once (`learner.share_prompts`, ratio);
+6. weight push time to 1, 2 and 4 engines;
 plus the peak system memory in use (MemTotal − MemAvailable) while it ran.
 """
 
@@ -67,13 +68,15 @@ def _loop(cfg: RunConfig, iterations: int) -> list[dict]:
     return history[1:]
 
 
-# The loop's variants, each on a fresh cluster: the reflection ratio compares the first two, the
-# chunking ratio the first and the last (four-prompt generate calls stream groups to the reward
-# pool sooner; one call per rollout worker, the default, generates faster).
+# The loop's variants, each on a fresh cluster, each compared with the first: the reflection ratio
+# with the second; the chunking ratio with the third (four-prompt generate calls stream groups to the
+# reward pool sooner; one call per rollout worker, the default, generates faster); the prompt-sharing
+# ratio, of the train stage, with the fourth (every rollout's prompt run in its own sequence).
 VARIANTS = {
     "with_reflection": ["reward.reflection=true"],
     "without_reflection": ["reward.reflection=false"],
     "chunks_of_4": ["reward.reflection=true", "rollout.chunk_size=4"],
+    "full_prompts": ["reward.reflection=true", "learner.share_prompts=false"],
 }
 
 
@@ -152,6 +155,8 @@ def run(overrides: list[str], iterations: int, out: Path | None) -> dict:
     iteration_s = {name: stages["timing_s/iteration"] for name, stages in s.items()}
     result["reflection_ratio"] = iteration_s["with_reflection"] / iteration_s["without_reflection"]
     result["chunking_ratio"] = iteration_s["chunks_of_4"] / iteration_s["with_reflection"]
+    train_s = {name: stages["timing_s/train"] for name, stages in s.items()}
+    result["prompt_sharing_ratio"] = train_s["full_prompts"] / train_s["with_reflection"]
     result["peak_memory_gb"] = memory.stop()
     result["wall_s"] = time.perf_counter() - started
     print(format_result(result))
@@ -171,6 +176,7 @@ def format_result(r: dict) -> str:
     lines += [
         "", f"iteration time, with / without reflection: {r['reflection_ratio']:.2f}x",
         f"iteration time, 4-prompt generate calls / one call per rollout worker: {r['chunking_ratio']:.2f}x",
+        f"train time, full-sequence forwards / each distinct prompt once: {r['prompt_sharing_ratio']:.2f}x",
         f"rollout worker {raw['worker_tokens_per_s']:.0f} tok/s vs raw vllm.LLM.generate {raw['raw_tokens_per_s']:.0f} "
         f"tok/s: ratio {raw['ratio']:.2f}",
         "weight push: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in push.items()),

@@ -109,7 +109,7 @@ class MicroBatch:
     image_grid_thw: Tensor | None  # [I, 3] long, one row per image
     old_logprobs: Tensor | None = None  # [N, T] learner, before the iteration's updates
     ref_logprobs: Tensor | None = None  # [N, T] reference policy
-    prompts: SharedPrompts | None = None  # the distinct prompts, for learner.shared (collate(share_prompts=True))
+    prompts: SharedPrompts | None = None  # distinct prompts for learner.shared (collate(share_prompts=True))
 
     @property
     def num_tokens(self) -> int:
@@ -140,7 +140,9 @@ class MicroBatch:
 
 def _moved(obj: Any, device: torch.device | str) -> dict[str, Tensor]:
     return {
-        f.name: getattr(obj, f.name).to(device) for f in fields(obj) if isinstance(getattr(obj, f.name), Tensor)
+        f.name: getattr(obj, f.name).to(device)
+        for f in fields(obj)
+        if isinstance(getattr(obj, f.name), Tensor)
     }
 
 
@@ -226,7 +228,9 @@ def collate(
     _check_image_tokens(rollouts, grid, image_pad, video_pad, merge)
     text = _text_tensors(rollouts, int(tokenizer.pad_token_id), image_pad)
     prompts = (
-        _shared_prompts(rollouts, processor.image_processor, image_loader, int(tokenizer.pad_token_id), image_pad)
+        _shared_prompts(
+            rollouts, processor.image_processor, image_loader, int(tokenizer.pad_token_id), image_pad
+        )
         if share_prompts
         else None
     )

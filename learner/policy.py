@@ -33,8 +33,8 @@ from torch import Tensor
 from learner.batch import MicroBatch, completion_logits
 from learner.config import LearnerConfig
 from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss, token_logprobs
-from learner.shared import shared_prompt_logits
 from learner.sft import sft_objective
+from learner.shared import shared_prompt_logits
 
 OPTIMIZER_DIR = "optimizer"  # inside a checkpoint: one safetensors file per rank (Policy.save_optimizer)
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a dead rank fails its peers' collectives after this

@@ -155,7 +155,9 @@ def test_shared_prompt_forward_gives_the_full_forward_logits_and_gradients(model
         (logprobs * batch.mask * torch.linspace(-1, 1, len(batch.mask))[:, None]).sum().backward()
         return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    full, full_grads = logits_and_gradients(lambda: completion_logits(model(**batch.model_inputs()).logits, batch))
+    full, full_grads = logits_and_gradients(
+        lambda: completion_logits(model(**batch.model_inputs()).logits, batch)
+    )
     shared, shared_grads = logits_and_gradients(lambda: shared_prompt_logits(model, batch))
     assert shared.shape == full.shape
     assert (shared - full).abs()[batch.mask].max() < 1e-5
