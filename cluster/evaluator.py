@@ -3,10 +3,13 @@
 Runs on the rollout workers (each call's requests split evenly over them) at the current policy
 version (before that iteration's update), one sample per prompt with the validation sampling
 (temperature 0.6, top_p 0.95 unless `cluster.eval_greedy`), no reflection (METHOD.md §3); lands in metrics.jsonl as
-`eval/<dataset>/<accuracy|parse_failure_rate|format_rate>` and `eval/<A^I|A^O|A>`.
+`eval/<dataset>/<accuracy|parse_failure_rate|format_rate>` and `eval/<A^I|A^O|A>`, with its wall time
+as `timing_s/eval` (not part of the iteration's `timing_s/iteration`).
 """
 
 from __future__ import annotations
+
+import time
 
 from cluster.config import RunConfig
 from cluster.evaluate import evaluate_samples, evaluation_sampling, load_sources
@@ -32,6 +35,7 @@ class Evaluator:
         return self.tc.rollout.generate_all(requests, sampling, timeout_s, "held-out evaluation")
 
     def run(self, version: int) -> dict[str, float]:
+        start = time.perf_counter()
         results = evaluate_samples(self._generate, self.datasets, prompt_style=self.cfg.data.prompt_style,
                                    sampling=self.sampling, seed=self.cfg.cluster.seed)  # fmt: skip
         self.last_version = version
@@ -41,6 +45,7 @@ class Evaluator:
                         f"eval/{name}/format_rate": r.format_rate}  # fmt: skip
         summary = paper_summary(results, in_domain=[next(iter(results))])
         metrics |= {f"eval/{k}": v for k in ("A^I", "A^O", "A") if (v := summary.get(k)) is not None}
+        metrics["timing_s/eval"] = time.perf_counter() - start
         return metrics
 
     def maybe_run(self, iteration: int, version: int) -> dict[str, float]:

@@ -65,6 +65,7 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
     assert len(history) == 3  # two iterations, then the held-out evaluation of the final version
     assert [m["eval/policy_version"] for m in history] == [0, 1, 2]
     assert all("eval/emoset:test/accuracy" in m and "eval/A" in m for m in history)
+    assert all(m["timing_s/eval"] > 0 for m in history)
     for metrics in history[:2]:
         assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["train/kl"])
         for name in ("accuracy", "format", "coherence", "consistency", "score"):
