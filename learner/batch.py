@@ -223,26 +223,18 @@ def collate(
     tokenizer = processor.tokenizer
     image_pad = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     video_pad = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
-    pixel_values, grid = _images(rollouts, processor.image_processor, image_loader)
+    pad_id = int(tokenizer.pad_token_id)
+    processed = _process_images(rollouts, processor.image_processor, image_loader)
+    pixel_values, grid = _images(rollouts, processed)
     merge = int(processor.image_processor.merge_size)
     _check_image_tokens(rollouts, grid, image_pad, video_pad, merge)
-    text = _text_tensors(rollouts, int(tokenizer.pad_token_id), image_pad)
-    prompts = (
-        _shared_prompts(
-            rollouts, processor.image_processor, image_loader, int(tokenizer.pad_token_id), image_pad
-        )
-        if share_prompts
-        else None
-    )
+    text = _text_tensors(rollouts, pad_id, image_pad)
+    prompts = _shared_prompts(rollouts, processed, pad_id, image_pad) if share_prompts else None
     return MicroBatch(**text, pixel_values=pixel_values, image_grid_thw=grid, prompts=prompts)
 
 
 def _shared_prompts(
-    rollouts: Sequence[TrainRollout],
-    image_processor: Any,
-    image_loader: Callable[[ImageRef], Any],
-    pad_id: int,
-    image_pad: int,
+    rollouts: Sequence[TrainRollout], processed: ProcessedImages, pad_id: int, image_pad: int
 ) -> SharedPrompts:
     """The distinct (prompt ids, image) pairs in first-seen order, left-padded; row → prompt index."""
     where: dict[tuple[tuple[int, ...], ImageRef | None], int] = {}
@@ -254,7 +246,7 @@ def _shared_prompts(
             where[key] = len(firsts)
             firsts.append(r)
         index.append(where[key])
-    pixel_values, grid = _images(firsts, image_processor, image_loader)
+    pixel_values, grid = _images(firsts, processed)
     width = max(len(r.prompt_token_ids) for r in firsts)
     input_ids = torch.full((len(firsts), width), pad_id, dtype=torch.long)  # [U, P]
     attention_mask = torch.zeros((len(firsts), width), dtype=torch.long)  # [U, P]
@@ -271,23 +263,31 @@ def _shared_prompts(
     )
 
 
-def _images(
-    rollouts: Sequence[TrainRollout], image_processor: Any, image_loader: Callable[[ImageRef], Any]
-) -> tuple[Tensor | None, Tensor | None]:
-    """pixel_values [P, D] and image_grid_thw [I, 3] for the rollouts with an image, in order.
+# Each distinct image of a micro-batch: its processor patches [P_u, D] and grid [3].
+ProcessedImages = dict[ImageRef, tuple[Tensor, Tensor]]
 
-    Each distinct image is decoded and processed once (a group shares its prompt's image).
-    """
-    refs = [r.image for r in rollouts if r.image is not None]
-    if not refs:
-        return None, None
-    unique = list(dict.fromkeys(refs))
+
+def _process_images(
+    rollouts: Sequence[TrainRollout], image_processor: Any, image_loader: Callable[[ImageRef], Any]
+) -> ProcessedImages:
+    """Each distinct image of the rollouts decoded and processed once (a group shares its prompt's image)."""
+    unique = list(dict.fromkeys(r.image for r in rollouts if r.image is not None))
+    if not unique:
+        return {}
     out = image_processor(images=[image_loader(ref) for ref in unique], return_tensors="pt")
     grid = out["image_grid_thw"]  # [U, 3]
     patches = torch.split(out["pixel_values"], grid.prod(-1).tolist())  # U × [P_u, D]
-    where = {ref: i for i, ref in enumerate(unique)}
-    order = [where[ref] for ref in refs]
-    return torch.cat([patches[i] for i in order]), grid[order]
+    return {ref: (patches[i], grid[i]) for i, ref in enumerate(unique)}
+
+
+def _images(
+    rollouts: Sequence[TrainRollout], processed: ProcessedImages
+) -> tuple[Tensor | None, Tensor | None]:
+    """pixel_values [P, D] and image_grid_thw [I, 3] for the rollouts with an image, in order."""
+    refs = [r.image for r in rollouts if r.image is not None]
+    if not refs:
+        return None, None
+    return torch.cat([processed[ref][0] for ref in refs]), torch.stack([processed[ref][1] for ref in refs])
 
 
 def _check_image_tokens(
