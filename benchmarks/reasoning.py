@@ -7,7 +7,9 @@ contentment, ..."; "All cues agree, ..." when there are none); the GRPO baseline
 the same sentence after step 1's. A rollout's step 2 is *faithful* when it
 names exactly the image's borrowed cues; this measures how often the policy writes such a step 2, how
 often its answer is right when it does and when it does not, what the wrong answers are (the image's
-partner or some other label), and accuracy by how many cues are borrowed (4–1 and 3–2 scenes).
+partner or some other label), accuracy by how many cues are borrowed (4–1 and 3–2 scenes), and
+accuracy by which slot is borrowed: a policy that counts the five cues is as right when the sky is
+borrowed as when the accent is; one that answers from the largest region is not.
 It reads files only: `runs/<name>/config.yaml` for the data, `runs/<name>/rollouts.jsonl` for the
 responses (cluster.rollouts: a sample of each iteration's rollouts).
 """
@@ -44,6 +46,7 @@ class Verdict:
     faithful: bool | None
     named_absent: bool  # step 2 names a cue the image does not show
     odd: bool  # step 2 is in neither reference form, or names something that is no cue
+    borrowed_slots: tuple[str, ...] = ()  # the slots that hold the partner's cues
 
 
 def judge(response: str, style: str, cues: Mapping[str, str]) -> Verdict:
@@ -51,17 +54,18 @@ def judge(response: str, style: str, cues: Mapping[str, str]) -> Verdict:
     owners = [cue_label(STYLES[style], slot, cue) for slot, cue in cues.items()]
     gold = max(dict.fromkeys(owners), key=owners.count)
     borrowed = {cue for cue, owner in zip(cues.values(), owners, strict=True) if owner != gold}
+    slots = tuple(slot for slot, owner in zip(cues, owners, strict=True) if owner != gold)
     partners = {owner for owner in owners if owner != gold}
     answer = predict(response, STYLES[style].labels)  # the evaluation's reading: None if unparseable
     right, partner = answer == gold, answer in partners
     step2 = _step2(response)
     if step2 is None:
-        return Verdict(len(borrowed), right, partner, None, False, False)
+        return Verdict(len(borrowed), right, partner, None, False, False, slots)
     named = _named_cues(step2)
     if named is None:
-        return Verdict(len(borrowed), right, partner, False, False, True)
+        return Verdict(len(borrowed), right, partner, False, False, True, slots)
     absent = not set(named) <= set(cues.values())
-    return Verdict(len(borrowed), right, partner, set(named) == borrowed, absent, False)
+    return Verdict(len(borrowed), right, partner, set(named) == borrowed, absent, False, slots)
 
 
 def _step2(response: str) -> str | None:
@@ -85,12 +89,13 @@ def _named_cues(step2: str) -> list[str] | None:
 
 def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
     """Shares over `verdicts`: accuracy, wrong answers that are the partner, faithful step 2, the
-    accuracy with and without it, and the accuracy by number of borrowed cues."""
+    accuracy with and without it, the accuracy by number of borrowed cues, and by borrowed slot
+    (`accuracy_by_borrowed_slot`: slot -> [accuracy, rollouts] over the images that borrow it)."""
 
     def share(part: int, whole: int) -> float | None:
         return part / whole if whole else None
 
-    count = Counter()
+    count, by_slot, by_slot_right = Counter(), Counter(), Counter()
     for v in verdicts:
         count["right"] += v.right
         count["wrong"] += not v.right
@@ -104,6 +109,9 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
         count["odd"] += v.odd
         count[f"n{v.borrowed}"] += 1
         count[f"n{v.borrowed}_right"] += v.right
+        for slot in v.borrowed_slots:
+            by_slot[slot] += 1
+            by_slot_right[slot] += v.right
     n = len(verdicts)
     return {
         "rollouts": n,
@@ -115,6 +123,7 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
         "names_absent_cue": share(count["named_absent"], count["step2"]),
         "odd_step2": share(count["odd"], count["step2"]),
         "accuracy_by_borrowed": {k: share(count[f"n{k}_right"], count[f"n{k}"]) for k in (0, 1, 2) if count[f"n{k}"]},
+        "accuracy_by_borrowed_slot": {slot: [share(by_slot_right[slot], n), n] for slot, n in by_slot.items()},
     }  # fmt: skip
 
 
@@ -170,6 +179,25 @@ def run(runs: Sequence[str], out: Path | None, split: int | None = None) -> list
         print(f"| {name} | {r['rollouts']} | {pct(r['accuracy'])} | {pct(r['wrong_is_partner'])} | "
               f"{pct(r['faithful'])} | {pct(r['accuracy_faithful'])} / {pct(r['accuracy_unfaithful'])} | "
               f"{pct(r['names_absent_cue'])} / {pct(r['odd_step2'])} | {pct(by.get(1))} / {pct(by.get(2))} |")  # fmt: skip
+    _print_by_slot(results, pct)
     if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _print_by_slot(results: Sequence[dict], pct) -> None:
+    """Second table: accuracy over the images that borrow each slot (rollouts in parentheses)."""
+    seen = {slot for r in results for slot in r["accuracy_by_borrowed_slot"]}
+    slots = [
+        slot for slot in dict.fromkeys(s for style in STYLES.values() for s in style.slots) if slot in seen
+    ]
+    if not slots:
+        return
+    print("\naccuracy on the images whose partner cue is in the slot (rollouts)\n")
+    print("| run | " + " | ".join(slots) + " |")
+    print("|---|" + "---|" * len(slots))
+    for r in results:
+        name = f"{r['run']} (iterations {r['iterations']})" if "iterations" in r else r["run"]
+        by = r["accuracy_by_borrowed_slot"]
+        cells = [f"{pct(by[slot][0])} ({by[slot][1]})" if slot in by else "–" for slot in slots]
+        print(f"| {name} | " + " | ".join(cells) + " |")

@@ -28,6 +28,7 @@ from rewards.evaluation import (
     evaluate_responses,
     markdown_table,
     paper_summary,
+    predict,
     to_json,
 )
 from rewards.prompts import build_user_text
@@ -119,12 +120,23 @@ def evaluate_samples(
     sampling: SamplingSettings, seed: int,
 ) -> dict[str, EvalResult]:  # fmt: skip
     """One response per sample of each data set, scored (METHOD.md §5)."""
-    results = {}
-    for name, samples in datasets.items():
-        responses = generate_responses(generate_fn, samples, prompt_style, sampling, seed)
-        labels = _label_order(samples)
-        results[name] = evaluate_responses(name, responses, [s.answer for s in samples], labels, prompt_style)
-    return results
+    responses = {
+        name: generate_responses(generate_fn, samples, prompt_style, sampling, seed)
+        for name, samples in datasets.items()
+    }
+    return score_responses(datasets, responses, prompt_style)
+
+
+def score_responses(
+    datasets: dict[str, list[Sample]], responses: dict[str, list[str]], prompt_style: PromptStyle
+) -> dict[str, EvalResult]:
+    """Each data set's responses (in sample order) scored against its gold labels."""
+    return {
+        name: evaluate_responses(
+            name, responses[name], [s.answer for s in samples], _label_order(samples), prompt_style
+        )
+        for name, samples in datasets.items()
+    }
 
 
 def _label_order(samples: Sequence[Sample]) -> tuple[str, ...]:
@@ -171,7 +183,28 @@ def plot_confusion(result: EvalResult, path: str | Path) -> None:
 
 def confusion_filename(dataset: str) -> str:
     """`confusion_<dataset>.png`, with characters other than letters, digits, '.', '-' made '_'."""
-    return f"confusion_{re.sub(r'[^A-Za-z0-9.-]+', '_', dataset)}.png"
+    return f"confusion_{_file_safe(dataset)}.png"
+
+
+def responses_filename(dataset: str) -> str:
+    """`responses_<dataset>.jsonl`, named like the confusion PNG."""
+    return f"responses_{_file_safe(dataset)}.jsonl"
+
+
+def _file_safe(dataset: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", dataset)
+
+
+def write_responses(path: Path, samples: Sequence[Sample], responses: Sequence[str]) -> None:
+    """One JSON line per sample: its id, gold answer, the prediction the accuracy counts (null when
+    unparseable) and the response, for error analysis beyond the aggregate numbers."""
+    lines = (
+        json.dumps(
+            {"sample_id": s.sample_id, "answer": s.answer, "prediction": predict(r, s.labels), "response": r}
+        )
+        for s, r in zip(samples, responses, strict=True)
+    )
+    path.write_text("".join(line + "\n" for line in lines))
 
 
 def run_eval(
@@ -199,7 +232,11 @@ def run_eval(
     sampling = evaluation_sampling(greedy, max_new_tokens or cfg.rollout.max_new_tokens)
     engine = _engine(cfg, model_path, sampling.max_new_tokens, seed)
     style = prompt_style or cfg.data.prompt_style
-    results = evaluate_samples(engine.generate, datasets, prompt_style=style, sampling=sampling, seed=seed)
+    responses = {
+        name: generate_responses(engine.generate, samples, style, sampling, seed)
+        for name, samples in datasets.items()
+    }
+    results = score_responses(datasets, responses, style)
     summary = paper_summary(results, _names_of(in_domain, sources, list(datasets)))
     out_dir = Path(out).expanduser() if out else Path(model_path) / "eval"
     meta = {
@@ -210,6 +247,8 @@ def run_eval(
         "limit": limit,
     }
     _write(out_dir, meta, results, summary)
+    for name, samples in datasets.items():
+        write_responses(out_dir / responses_filename(name), samples, responses[name])
     print(f"EMO-R3 eval: {model_path}, {'greedy' if greedy else 'T=0.6 top_p=0.95'}, {style} prompt, "
           f"max_new_tokens {sampling.max_new_tokens}, {time.perf_counter() - start:.1f} s\n")  # fmt: skip
     print(markdown_table(results, summary))

@@ -13,6 +13,7 @@ import pytest
 import cluster.evaluate as evaluate
 from actors.types import Completion, Group, PromptRequest, SamplingSettings
 from cluster.config import DataConfig
+from cluster.data.sample import Sample
 from cluster.data.synthetic import generate
 from cluster.datasets import load_samples
 
@@ -80,6 +81,23 @@ def test_dataset_names_are_the_synthetic_spec_or_the_basename():
     assert evaluate.dataset_name("synthetic:emotion6:test") == "emotion6:test"
     assert evaluate.dataset_name("/data/Emotion6/") == "Emotion6"
     assert evaluate.confusion_filename("emoset:test") == "confusion_emoset_test.png"
+    assert evaluate.responses_filename("emoset:test") == "responses_emoset_test.jsonl"
+
+
+def test_responses_file_keeps_each_sample_with_the_prediction_the_accuracy_counts(tmp_path):
+    labels = ("anger", "fear", "joy")
+    samples = [
+        Sample(f"s{i}", "x.png", "q", labels, answer) for i, answer in enumerate(("fear", "joy", "anger"))
+    ]
+    responses = ["<step1>a</step1> \\boxed{fear}", "\\boxed{anger}", "no box at all"]
+    evaluate.write_responses(tmp_path / "r.jsonl", samples, responses)
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(r["sample_id"], r["answer"], r["prediction"]) for r in rows] == [
+        ("s0", "fear", "fear"), ("s1", "joy", "anger"), ("s2", "anger", None)
+    ]  # fmt: skip
+    assert [r["response"] for r in rows] == responses
+    result = evaluate.score_responses({"d": samples}, {"d": responses}, "set")["d"]
+    assert result.accuracy == pytest.approx(1 / 3) and result.parse_failure_rate == pytest.approx(1 / 3)
 
 
 def emo_r3(*args: str) -> subprocess.CompletedProcess:
@@ -114,3 +132,12 @@ def test_eval_command_runs_the_tiny_model_on_two_synthetic_sets(tmp_path):
         assert result["n"] == 4 and result["parse_failure_rate"] == unparsed / 4
     for name in ("emoset_test", "emotion6_test"):
         assert (tmp_path / f"confusion_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for dataset, result in record["datasets"].items():
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / evaluate.responses_filename(dataset)).read_text().splitlines()
+        ]
+        assert len(rows) == 4 and all(isinstance(row["response"], str) for row in rows)
+        right = sum(row["prediction"] == row["answer"] for row in rows)
+        assert right / 4 == pytest.approx(result["accuracy"])
+        assert sum(row["prediction"] is None for row in rows) / 4 == result["parse_failure_rate"]

@@ -19,6 +19,7 @@ SCENE = Scene(
     "emoset", "contentment", ("blue_sky", "sand", "calm", "mountain", "stars"), "awe", ("object", "accent")
 )
 CUES = SCENE.cue_dict()
+SLOTS = ("object", "accent")
 STEP1 = set_response(SCENE).split("</step1>")[0] + "</step1>\n"
 TAIL = "<step3>The emotion is positive with low arousal.</step3>\n"
 
@@ -28,8 +29,8 @@ def step2(text: str, answer: str = "contentment") -> str:
 
 
 def test_the_reference_responses_are_faithful_and_right() -> None:
-    assert judge(set_response(SCENE), "emoset", CUES) == Verdict(2, True, False, True, False, False)
-    assert judge(grpo_response(SCENE), "emoset", CUES) == Verdict(2, True, False, True, False, False)
+    assert judge(set_response(SCENE), "emoset", CUES) == Verdict(2, True, False, True, False, False, SLOTS)
+    assert judge(grpo_response(SCENE), "emoset", CUES) == Verdict(2, True, False, True, False, False, SLOTS)
     agreeing = Scene(
         "emoset", "awe", ("violet_sky", "lake", "amazed", "mountain", "stars"), "contentment", ()
     )
@@ -43,17 +44,17 @@ def test_the_reference_responses_are_faithful_and_right() -> None:
     [
         # one of the two borrowed cues: not faithful, nothing absent
         ("The stars feels like awe, but most cues suggest contentment, so ...", "contentment",
-         Verdict(2, True, False, False, False, False)),
+         Verdict(2, True, False, False, False, False, SLOTS)),
         # a cue the image does not show
         ("The fireworks feels like awe, but most cues suggest contentment, so ...", "awe",
-         Verdict(2, False, True, False, True, False)),
+         Verdict(2, False, True, False, True, False, SLOTS)),
         # a mixed image called unanimous
-        ("All cues agree, so a viewer would feel calm.", "contentment", Verdict(2, True, False, False, False, False)),
+        ("All cues agree, so a viewer would feel calm.", "contentment", Verdict(2, True, False, False, False, False, SLOTS)),
         # neither reference form, and a label outside the pair
-        ("I think it is nice.", "fear", Verdict(2, False, False, False, False, True)),
+        ("I think it is nice.", "fear", Verdict(2, False, False, False, False, True, SLOTS)),
         # something that is no cue
         ("The happy dog feels like awe, but most cues suggest contentment.", "contentment",
-         Verdict(2, True, False, False, False, True)),
+         Verdict(2, True, False, False, False, True, SLOTS)),
     ],
 )  # fmt: skip
 def test_step2_is_checked_against_the_scene(text: str, answer: str, expected: Verdict) -> None:
@@ -62,16 +63,16 @@ def test_step2_is_checked_against_the_scene(text: str, answer: str, expected: Ve
 
 def test_a_response_without_step2_or_answer_is_wrong_and_not_judged_for_faithfulness() -> None:
     assert judge("The scene shows a calm face.", "emoset", CUES) == Verdict(
-        2, False, False, None, False, False
+        2, False, False, None, False, False, SLOTS
     )
 
 
 def test_summary_shares() -> None:
     verdicts = [
-        Verdict(2, True, False, True, False, False),
-        Verdict(2, False, True, False, True, False),
-        Verdict(1, True, False, False, False, True),
-        Verdict(1, False, False, None, False, False),
+        Verdict(2, True, False, True, False, False, ("sky", "face")),
+        Verdict(2, False, True, False, True, False, ("sky", "accent")),
+        Verdict(1, True, False, False, False, True, ("accent",)),
+        Verdict(1, False, False, None, False, False, ("sky",)),
     ]
     summary = summarize(verdicts)
     assert summary["rollouts"] == 4 and summary["accuracy"] == 0.5
@@ -82,6 +83,10 @@ def test_summary_shares() -> None:
         1 / 3
     )
     assert summary["accuracy_by_borrowed"] == {1: 0.5, 2: 0.5}
+    # slot -> [accuracy, rollouts] over the images that borrow it
+    assert summary["accuracy_by_borrowed_slot"] == {
+        "sky": [pytest.approx(1 / 3), 3], "face": [1.0, 1], "accent": [0.5, 2]
+    }  # fmt: skip
     assert summarize([])["accuracy"] is None
 
 
@@ -121,7 +126,13 @@ def test_a_run_directory_is_read_end_to_end(run_dir: Path, tmp_path: Path, capsy
     assert result["accuracy"] == 0.5 and result["wrong_is_partner"] == 1.0
     assert result["faithful"] == 1.0 and result["accuracy_faithful"] == 0.5
     assert json.loads((tmp_path / "out.json").read_text())[0]["rollouts"] == 12
-    assert "| 12 | 50.0% | 100.0% | 100.0% |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| 12 | 50.0% | 100.0% | 100.0% |" in printed
+    # each image is dumped once answered right and once with the partner: 50% whichever slot it borrows
+    by_slot = result["accuracy_by_borrowed_slot"]
+    assert by_slot and all(accuracy == 0.5 and n % 2 == 0 for accuracy, n in by_slot.values())
+    assert "accuracy on the images whose partner cue is in the slot" in printed
+    assert all(f"50.0% ({n})" in printed for _, n in by_slot.values())
     # iteration 0 holds the right answers, iteration 1 the partner's
     before, after = run([str(run_dir)], None, split=1)
     assert (before["iterations"], before["accuracy"], after["iterations"], after["accuracy"]) == (
