@@ -11,7 +11,9 @@ partner or some other label), accuracy by how many cues are borrowed (4–1 and 
 accuracy by which slot is borrowed: a policy that counts the five cues is as right when the sky is
 borrowed as when the accent is; one that answers from the largest region is not.
 It reads files only: `runs/<name>/config.yaml` for the data, `runs/<name>/rollouts.jsonl` for the
-responses (cluster.rollouts: a sample of each iteration's rollouts).
+responses (cluster.rollouts: a sample of each iteration's rollouts); or an `emo-r3 eval` output folder
+(`eval.json` names the sources and data settings, `responses_<dataset>.jsonl` holds one response per
+held-out sample: the larger and unsampled measurement).
 """
 
 from __future__ import annotations
@@ -152,15 +154,52 @@ def run_verdicts(run: Path) -> list[tuple[int, Verdict]]:
     return verdicts
 
 
+def eval_verdicts(folder: Path) -> dict[str, list[Verdict]]:
+    """The verdicts of an `emo-r3 eval` output folder, by data set: its `responses_<dataset>.jsonl`
+    against the scenes of each synthetic source it evaluated (held-out data, every sample once)."""
+    from cluster.config import ConfigError, DataConfig
+    from cluster.datasets import SYNTHETIC_PREFIX, resolve_source
+    from cluster.evaluate import responses_filename
+
+    record = json.loads((folder / "eval.json").read_text())
+    if "sources" not in record:
+        raise ConfigError(
+            f"{folder}/eval.json names no sources (written by an older emo-r3 eval): evaluate again"
+        )
+    data = DataConfig.model_validate(record["data"])
+    verdicts = {}
+    for name, source in record["sources"].items():
+        if not source.startswith(SYNTHETIC_PREFIX):
+            continue
+        cues = {}
+        for line in Path(resolve_source(source, data)).read_text().splitlines():
+            row = json.loads(line)
+            cues[row["id"]] = row["cues"]
+        style = source.split(":")[1]
+        rows = [json.loads(line) for line in (folder / responses_filename(name)).read_text().splitlines()]
+        verdicts[name] = [judge(row["response"], style, cues[row["sample_id"]]) for row in rows]
+    if not verdicts:
+        raise ConfigError(f"{folder} evaluated no synthetic data set: only synthetic data carries the cues")
+    return verdicts
+
+
+def _verdicts(given: str) -> dict[str, list[tuple[int | None, Verdict]]]:
+    """A run directory's dumped rollouts (with their iterations), or an eval folder's data sets."""
+    path = Path(given)
+    if (path / "eval.json").is_file():
+        return {f"{given} {name}": [(None, v) for v in vs] for name, vs in eval_verdicts(path).items()}
+    return {given: run_verdicts(path)}
+
+
 def run(runs: Sequence[str], out: Path | None, split: int | None = None) -> list[dict]:
-    """One row per run and, with several, one over all of them; with `split`, each of those twice:
-    iterations before `split` and from it on. Prints a markdown table."""
-    per_run = {given: run_verdicts(Path(given)) for given in runs}
-    if len(runs) > 1:
+    """One row per run (per data set of an eval folder) and, with several, one over all of them; with
+    `split`, each run's twice: iterations before `split` and from it on. Prints markdown tables."""
+    per_run = {name: pairs for given in runs for name, pairs in _verdicts(given).items()}
+    if len(per_run) > 1:
         per_run["all"] = [pair for pairs in per_run.values() for pair in pairs]
     results = []
     for name, pairs in per_run.items():
-        if split is None:
+        if split is None or any(i is None for i, _ in pairs):  # an evaluation has no iterations to split
             results.append({"run": name, **summarize([v for _, v in pairs])})
             continue
         for label, keep in ((f"< {split}", lambda i: i < split), (f">= {split}", lambda i: i >= split)):

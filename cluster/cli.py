@@ -274,9 +274,11 @@ def _add_bench_commands(sub) -> None:
     cues.add_argument("--out", help="also write the numbers as JSON here")
     cues.set_defaults(func=cmd_bench_cues)
     reasoning = bench.add_parser(
-        "reasoning", help="step 2 of runs' dumped rollouts against the synthetic scenes: faithful, and right?"
+        "reasoning", help="runs' dumped rollouts or evaluations' responses against the synthetic scenes"
     )
-    reasoning.add_argument("runs", nargs="+", metavar="RUN", help="run directories (runs/<name>)")
+    reasoning.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run directories (runs/<name>) or emo-r3 eval output folders"
+    )
     reasoning.add_argument(
         "--split", type=int, metavar="N", help="two rows per run: iterations before N and from N on"
     )

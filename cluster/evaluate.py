@@ -245,6 +245,8 @@ def run_eval(
         "sampling": asdict(sampling),
         "seed": seed,
         "limit": limit,
+        "sources": dict(zip(datasets, sources, strict=True)),  # data set name -> source (bench reasoning)
+        "data": cfg.data.model_dump(mode="json"),
     }
     _write(out_dir, meta, results, summary)
     for name, samples in datasets.items():

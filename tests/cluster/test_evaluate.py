@@ -125,6 +125,17 @@ def test_eval_command_runs_the_tiny_model_on_two_synthetic_sets(tmp_path):
     record = json.loads((tmp_path / "eval.json").read_text())
     assert set(record["datasets"]) == {"emoset:test", "emotion6:test"}
     assert record["summary"]["in_domain"] == ["emoset:test"]
+    assert record["sources"] == {
+        "emoset:test": "synthetic:emoset:test",
+        "emotion6:test": "synthetic:emotion6:test",
+    }
+    # bench reasoning reads the folder: every response judged against its scene
+    from benchmarks.reasoning import eval_verdicts
+
+    assert {name: len(v) for name, v in eval_verdicts(tmp_path).items()} == {
+        "emoset:test": 4,
+        "emotion6:test": 4,
+    }
     assert all(record["summary"][key] is not None for key in ("A^I", "A^O", "A"))
     for result in record["datasets"].values():
         # The untrained tiny model rarely boxes a label: the parse failures must be counted, not hidden.

@@ -168,3 +168,39 @@ def test_the_answer_is_read_as_the_accuracy_reward_reads_it() -> None:
     assert accuracy_reward(nested, "contentment") == 1.0
     assert judge(nested, "emoset", CUES).right
     assert not judge(nested.replace("{contentment}", "{contentment"), "emoset", CUES).right  # no complete box
+
+
+def test_an_eval_folder_is_judged_per_data_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`emo-r3 eval`'s output (eval.json naming the sources, one response per held-out sample) is read
+    like a run: the reference answers are right and faithful, the partner's answers wrong."""
+    from cluster.datasets import resolve_source
+    from cluster.evaluate import responses_filename
+
+    monkeypatch.setenv("EMO_R3_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = load_config(None, ["data.synthetic.n_train=8", "data.synthetic.n_test=8", "data.synthetic.size=56"])
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    record = {"sources": {"emoset:test": "synthetic:emoset:test"}, "data": cfg.data.model_dump(mode="json")}
+    (folder / "eval.json").write_text(json.dumps(record))
+    rows = [
+        json.loads(line)
+        for line in Path(resolve_source("synthetic:emoset:test", cfg.data)).read_text().splitlines()
+    ]
+    lines = []
+    for i, row in enumerate(rows):
+        response = row["response"]
+        if i % 2:  # every other sample answered with the label of its borrowed cues (or any other label)
+            wrong = next(label for label in row["labels"] if label != row["answer"])
+            response = response.replace(f"\\boxed{{{row['answer']}}}", f"\\boxed{{{wrong}}}")
+        lines.append(json.dumps({"sample_id": row["id"], "answer": row["answer"], "response": response}))
+    (folder / responses_filename("emoset:test")).write_text("\n".join(lines) + "\n")
+    [result] = run([str(folder)], None, split=4)  # no iterations in an evaluation: one row
+    assert result["run"] == f"{folder} emoset:test" and "iterations" not in result
+    assert result["rollouts"] == 8 and result["accuracy"] == 0.5 and result["faithful"] == 1.0
+    assert f"| {folder} emoset:test | 8 | 50.0% |" in capsys.readouterr().out
+    record["sources"] = {"x.jsonl": str(tmp_path / "x.jsonl")}
+    (folder / "eval.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="no synthetic data set"):
+        run([str(folder)], None)
