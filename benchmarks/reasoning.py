@@ -183,20 +183,27 @@ def eval_verdicts(folder: Path) -> dict[str, list[Verdict]]:
     return verdicts
 
 
-def _verdicts(given: str) -> dict[str, list[tuple[int | None, Verdict]]]:
-    """A run directory's dumped rollouts (with their iterations), or an eval folder's data sets."""
+def _verdicts(given: str) -> list[tuple[str, str, list[tuple[int | None, Verdict]]]]:
+    """(row name, pooled row name, verdicts) of a run directory's dumped rollouts (with their
+    iterations), or of each data set of an eval folder (pooled per data set: styles differ in slots)."""
     path = Path(given)
     if (path / "eval.json").is_file():
-        return {f"{given} {name}": [(None, v) for v in vs] for name, vs in eval_verdicts(path).items()}
-    return {given: run_verdicts(path)}
+        return [
+            (f"{given} {name}", f"all {name}", [(None, v) for v in vs])
+            for name, vs in eval_verdicts(path).items()
+        ]
+    return [(given, "all", run_verdicts(path))]
 
 
 def run(runs: Sequence[str], out: Path | None, split: int | None = None) -> list[dict]:
-    """One row per run (per data set of an eval folder) and, with several, one over all of them; with
+    """One row per run (per data set of an eval folder) and, with several, the pooled rows; with
     `split`, each run's twice: iterations before `split` and from it on. Prints markdown tables."""
-    per_run = {name: pairs for given in runs for name, pairs in _verdicts(given).items()}
-    if len(per_run) > 1:
-        per_run["all"] = [pair for pairs in per_run.values() for pair in pairs]
+    rows = [row for given in runs for row in _verdicts(given)]
+    per_run = {name: pairs for name, _, pairs in rows}
+    for pool in dict.fromkeys(pool for _, pool, _ in rows):
+        members = [pairs for _, in_pool, pairs in rows if in_pool == pool]
+        if len(members) > 1:
+            per_run[pool] = [pair for pairs in members for pair in pairs]
     results = []
     for name, pairs in per_run.items():
         if split is None or any(i is None for i, _ in pairs):  # an evaluation has no iterations to split

@@ -200,6 +200,8 @@ def test_an_eval_folder_is_judged_per_data_set(
     assert result["run"] == f"{folder} emoset:test" and "iterations" not in result
     assert result["rollouts"] == 8 and result["accuracy"] == 0.5 and result["faithful"] == 1.0
     assert f"| {folder} emoset:test | 8 | 50.0% |" in capsys.readouterr().out
+    *_, pooled = run([str(folder), str(folder)], None)  # several folders: pooled per data set
+    assert pooled["run"] == "all emoset:test" and pooled["rollouts"] == 16
     record["sources"] = {"x.jsonl": str(tmp_path / "x.jsonl")}
     (folder / "eval.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="no synthetic data set"):
