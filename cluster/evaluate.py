@@ -120,11 +120,19 @@ def evaluate_samples(
     sampling: SamplingSettings, seed: int,
 ) -> dict[str, EvalResult]:  # fmt: skip
     """One response per sample of each data set, scored (METHOD.md §5)."""
-    responses = {
+    responses = generate_datasets(generate_fn, datasets, prompt_style, sampling, seed)
+    return score_responses(datasets, responses, prompt_style)
+
+
+def generate_datasets(
+    generate_fn: GenerateFn, datasets: dict[str, list[Sample]], prompt_style: PromptStyle,
+    sampling: SamplingSettings, seed: int,
+) -> dict[str, list[str]]:  # fmt: skip
+    """One response per sample of each data set, in sample order."""
+    return {
         name: generate_responses(generate_fn, samples, prompt_style, sampling, seed)
         for name, samples in datasets.items()
     }
-    return score_responses(datasets, responses, prompt_style)
 
 
 def score_responses(
@@ -232,10 +240,7 @@ def run_eval(
     sampling = evaluation_sampling(greedy, max_new_tokens or cfg.rollout.max_new_tokens)
     engine = _engine(cfg, model_path, sampling.max_new_tokens, seed)
     style = prompt_style or cfg.data.prompt_style
-    responses = {
-        name: generate_responses(engine.generate, samples, style, sampling, seed)
-        for name, samples in datasets.items()
-    }
+    responses = generate_datasets(engine.generate, datasets, style, sampling, seed)
     results = score_responses(datasets, responses, style)
     summary = paper_summary(results, _names_of(in_domain, sources, list(datasets)))
     out_dir = Path(out).expanduser() if out else Path(model_path) / "eval"
