@@ -132,7 +132,7 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
 def run_verdicts(run: Path) -> list[tuple[int, Verdict]]:
     """(iteration, verdict) of every dumped rollout of `run` (a run directory of a synthetic-data run)."""
     from cluster.config import ConfigError, load_config
-    from cluster.datasets import SYNTHETIC_PREFIX, resolve_source
+    from cluster.datasets import SYNTHETIC_PREFIX
 
     dumped = run / "rollouts.jsonl"
     if not dumped.is_file():
@@ -142,11 +142,7 @@ def run_verdicts(run: Path) -> list[tuple[int, Verdict]]:
         raise ConfigError(
             f"{run} trained on {cfg.data.train}: only synthetic data carries the cues of each image"
         )
-    style = cfg.data.train.split(":")[1]
-    rows = {}
-    for line in Path(resolve_source(cfg.data.train, cfg.data)).read_text().splitlines():
-        row = json.loads(line)
-        rows[row["id"]] = row["cues"]
+    style, rows = _scene_cues(cfg.data.train, cfg.data)
     verdicts = []
     for line in dumped.read_text().splitlines():
         rollout = json.loads(line)
@@ -154,11 +150,22 @@ def run_verdicts(run: Path) -> list[tuple[int, Verdict]]:
     return verdicts
 
 
+def _scene_cues(source: str, data: Any) -> tuple[str, dict[str, dict[str, str]]]:
+    """The style of a synthetic `source` and its manifest's slot → cue mapping by sample id."""
+    from cluster.datasets import resolve_source
+
+    cues = {}
+    for line in Path(resolve_source(source, data)).read_text().splitlines():
+        row = json.loads(line)
+        cues[row["id"]] = row["cues"]
+    return source.split(":")[1], cues
+
+
 def eval_verdicts(folder: Path) -> dict[str, list[Verdict]]:
     """The verdicts of an `emo-r3 eval` output folder, by data set: its `responses_<dataset>.jsonl`
     against the scenes of each synthetic source it evaluated (held-out data, every sample once)."""
     from cluster.config import ConfigError, DataConfig
-    from cluster.datasets import SYNTHETIC_PREFIX, resolve_source
+    from cluster.datasets import SYNTHETIC_PREFIX
     from cluster.evaluate import responses_filename
 
     record = json.loads((folder / "eval.json").read_text())
@@ -171,11 +178,7 @@ def eval_verdicts(folder: Path) -> dict[str, list[Verdict]]:
     for name, source in record["sources"].items():
         if not source.startswith(SYNTHETIC_PREFIX):
             continue
-        cues = {}
-        for line in Path(resolve_source(source, data)).read_text().splitlines():
-            row = json.loads(line)
-            cues[row["id"]] = row["cues"]
-        style = source.split(":")[1]
+        style, cues = _scene_cues(source, data)
         rows = [json.loads(line) for line in (folder / responses_filename(name)).read_text().splitlines()]
         verdicts[name] = [judge(row["response"], style, cues[row["sample_id"]]) for row in rows]
     if not verdicts:
@@ -221,8 +224,7 @@ def run(runs: Sequence[str], out: Path | None, split: int | None = None) -> list
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         by = r["accuracy_by_borrowed"]
-        name = f"{r['run']} (iterations {r['iterations']})" if "iterations" in r else r["run"]
-        print(f"| {name} | {r['rollouts']} | {pct(r['accuracy'])} | {pct(r['wrong_is_partner'])} | "
+        print(f"| {_row_name(r)} | {r['rollouts']} | {pct(r['accuracy'])} | {pct(r['wrong_is_partner'])} | "
               f"{pct(r['faithful'])} | {pct(r['accuracy_faithful'])} / {pct(r['accuracy_unfaithful'])} | "
               f"{pct(r['names_absent_cue'])} / {pct(r['odd_step2'])} | {pct(by.get(1))} / {pct(by.get(2))} |")  # fmt: skip
     _print_by_slot(results, pct)
@@ -243,7 +245,10 @@ def _print_by_slot(results: Sequence[dict], pct) -> None:
     print("| run | " + " | ".join(slots) + " |")
     print("|---|" + "---|" * len(slots))
     for r in results:
-        name = f"{r['run']} (iterations {r['iterations']})" if "iterations" in r else r["run"]
         by = r["accuracy_by_borrowed_slot"]
         cells = [f"{pct(by[slot][0])} ({by[slot][1]})" if slot in by else "–" for slot in slots]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"| {_row_name(r)} | " + " | ".join(cells) + " |")
+
+
+def _row_name(result: dict) -> str:
+    return f"{result['run']} (iterations {result['iterations']})" if "iterations" in result else result["run"]

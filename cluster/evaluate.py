@@ -253,9 +253,7 @@ def run_eval(
         "sources": dict(zip(datasets, sources, strict=True)),  # data set name -> source (bench reasoning)
         "data": cfg.data.model_dump(mode="json"),
     }
-    _write(out_dir, meta, results, summary)
-    for name, samples in datasets.items():
-        write_responses(out_dir / responses_filename(name), samples, responses[name])
+    _write(out_dir, meta, results, summary, datasets, responses)
     print(f"EMO-R3 eval: {model_path}, {'greedy' if greedy else 'T=0.6 top_p=0.95'}, {style} prompt, "
           f"max_new_tokens {sampling.max_new_tokens}, {time.perf_counter() - start:.1f} s\n")  # fmt: skip
     print(markdown_table(results, summary))
@@ -306,9 +304,14 @@ def _load_image(ref, policy):
     return load_image(ref, policy)
 
 
-def _write(out_dir: Path, meta: dict, results: dict[str, EvalResult], summary: dict) -> None:
-    """eval.json (how it was produced, the results, the summary) and one confusion PNG per data set."""
+def _write(
+    out_dir: Path, meta: dict, results: dict[str, EvalResult], summary: dict,
+    datasets: dict[str, list[Sample]], responses: dict[str, list[str]],
+) -> None:  # fmt: skip
+    """eval.json (how it was produced, the results, the summary), and per data set a confusion PNG
+    and the responses file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps({**meta, **to_json(results, summary)}, indent=2) + "\n")
     for name, result in results.items():
         plot_confusion(result, out_dir / confusion_filename(name))
+        write_responses(out_dir / responses_filename(name), datasets[name], responses[name])

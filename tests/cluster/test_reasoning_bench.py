@@ -191,7 +191,7 @@ def test_an_eval_folder_is_judged_per_data_set(
     lines = []
     for i, row in enumerate(rows):
         response = row["response"]
-        if i % 2:  # every other sample answered with the label of its borrowed cues (or any other label)
+        if i % 2:  # every other sample answered with another label
             wrong = next(label for label in row["labels"] if label != row["answer"])
             response = response.replace(f"\\boxed{{{row['answer']}}}", f"\\boxed{{{wrong}}}")
         lines.append(json.dumps({"sample_id": row["id"], "answer": row["answer"], "response": response}))
