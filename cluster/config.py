@@ -82,6 +82,12 @@ class DataConfig(BaseModel):
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     shuffle: bool = Field(True, description="reshuffle the training set every epoch (seeded)")
+    replay_share: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="share of each iteration's prompts drawn again from the training prompts whose latest group "
+        "was mixed (some rollouts right, some wrong), weighted by the share wrong; the rest come from the epoch "
+        "stream (cluster.replay). 0: off, every prompt from the stream",
+    )  # fmt: skip
     min_side: int = Field(28, ge=1, description="images with a shorter side are skipped")
     max_aspect: float = Field(200.0, gt=1, description="images with a larger aspect ratio are skipped")
     max_source_pixels: int = Field(

@@ -38,10 +38,12 @@ class PromptStream(Generic[T]):
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         return order
 
-    def next_batch(self) -> list[T]:
-        """The next `batch_size` items; an epoch boundary inside a batch continues into the next epoch."""
+    def next_batch(self, count: int | None = None) -> list[T]:
+        """The next `count` (default `batch_size`) items; an epoch boundary inside a batch continues
+        into the next epoch."""
+        count = self.batch_size if count is None else count
         batch = []
-        while len(batch) < self.batch_size:
+        while len(batch) < count:
             if self.state.index == len(self._order):
                 self.state = StreamState(self.state.epoch + 1, 0)
                 self._order = self._permutation(self.state.epoch)

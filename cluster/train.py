@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cluster.batches import train_shards
 from cluster.config import RunConfig
+from cluster.data.sample import Sample
 from cluster.datasets import load_samples
 from cluster.evaluator import Evaluator
 from cluster.metrics import (
@@ -24,6 +25,7 @@ from cluster.metrics import (
     set_aside_from,
 )
 from cluster.models import resolve_model
+from cluster.replay import ReplayBuffer
 from cluster.rollouts import IterationRollouts, generate_and_score
 from cluster.sample import prompt_request
 from cluster.session import TrainingCluster
@@ -36,14 +38,15 @@ STATE_FILE = "trainer_state.json"
 
 
 def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: Path, start: int, log_: MetricsLog,
-               progress, version: int = 0) -> list[dict]:  # fmt: skip
+               progress, version: int = 0, replay: ReplayBuffer | None = None) -> list[dict]:  # fmt: skip
     """Iterations `start` .. cluster.iterations-1, from policy `version`; returns their metrics."""
     history = []
     evaluator = Evaluator(cfg, tc)
+    replay = replay or ReplayBuffer(stream.items, cfg.data.replay_share, cfg.cluster.seed)
     for iteration in range(start, cfg.cluster.iterations):
         eval_metrics = evaluator.maybe_run(iteration, version)
         t0 = time.perf_counter()
-        batch = stream.next_batch()
+        batch, replayed = next_batch(stream, replay, iteration)
         requests = [
             prompt_request(s, i, cfg.data.prompt_style, _seed(cfg, iteration, i)) for i, s in enumerate(batch)
         ]
@@ -52,6 +55,11 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
             generate_timeout_s=cfg.cluster.generate_timeout_s, reward_timeout_s=cfg.reward.timeout_s,
         )  # fmt: skip
         _check_versions(rollouts, version)
+        if replay.share:
+            replay.update(
+                (sg.sample.sample_id, [sc.rewards.accuracy for sc in sg.scores if sc.rewards])
+                for sg in rollouts.groups
+            )
         t1 = time.perf_counter()
         shards, num_tokens, adv_metrics = train_shards(rollouts, cfg.learner)
         train_metrics = combine_rank_metrics(
@@ -63,15 +71,32 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
         t3 = time.perf_counter()
         metrics = _iteration_metrics(rollouts, adv_metrics, train_metrics, version, (t0, t1, t2, t3))
         metrics |= sync_metrics | eval_metrics
+        if replay.share:
+            metrics |= {"replay/prompts": float(replayed), "replay/buffer": float(len(replay.accuracy))}
         log_.log(iteration, metrics)
         _dump_rollouts(run, iteration, rollouts, cfg.cluster.dump_rollouts)
-        _maybe_checkpoint(cfg, tc, run, iteration, version, stream)
+        _maybe_checkpoint(cfg, tc, run, iteration, version, stream, replay)
         history.append(metrics)
         progress(iteration, metrics)
     if final := evaluator.final(cfg.cluster.iterations, version):
         log_.log(cfg.cluster.iterations, final)
         history.append(final)
     return history
+
+
+def next_batch(
+    stream: PromptStream[Sample], replay: ReplayBuffer, iteration: int
+) -> tuple[list[Sample], int]:
+    """An iteration's prompts: the replay buffer's quota, the rest from the stream; and how many replayed.
+
+    A replayed prompt never doubles one the stream gives in the same batch (possible past an epoch
+    boundary); the stream tops up what the buffer could not give.
+    """
+    size = stream.batch_size
+    quota = replay.quota(size)
+    fresh = stream.next_batch(size - quota)
+    replayed = replay.draw(iteration, quota, exclude=(s.sample_id for s in fresh))
+    return fresh + replayed + stream.next_batch(quota - len(replayed)), len(replayed)
 
 
 def _check_versions(rollouts: IterationRollouts, version: int) -> None:
@@ -116,7 +141,7 @@ def _dump_rollouts(run: Path, iteration: int, rollouts: IterationRollouts, limit
 
 
 def _maybe_checkpoint(cfg: RunConfig, tc: TrainingCluster, run: Path, iteration: int, version: int,
-                      stream: PromptStream) -> None:  # fmt: skip
+                      stream: PromptStream, replay: ReplayBuffer) -> None:  # fmt: skip
     last = iteration + 1 == cfg.cluster.iterations
     every = cfg.cluster.checkpoint_every
     if not (last or (every and (iteration + 1) % every == 0)):
@@ -124,6 +149,8 @@ def _maybe_checkpoint(cfg: RunConfig, tc: TrainingCluster, run: Path, iteration:
     path = run / CHECKPOINTS / f"iter_{iteration + 1:06d}"
     tc.learner.save(str(path), cfg.cluster.train_timeout_s, optimizer=cfg.cluster.checkpoint_optimizer)
     state = {"next_iteration": iteration + 1, "version": version, "stream": asdict(stream.state)}
+    if replay.share:
+        state["replay"] = replay.state()
     (path / STATE_FILE).write_text(json.dumps(state))
 
 
@@ -159,13 +186,14 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     _set_aside_redone(run, start)
     stream = PromptStream(train_set.samples, cfg.cluster.prompts_per_iteration, seed=cfg.cluster.seed,
                           shuffle=cfg.data.shuffle, state=StreamState(**state.get("stream", {})))  # fmt: skip
+    replay = ReplayBuffer(train_set.samples, cfg.data.replay_share, cfg.cluster.seed, state.get("replay"))
     metrics_log = MetricsLog(run, cfg.cluster.tensorboard, start)
     progress = Progress(cfg.cluster.iterations, start)
     with TrainingCluster(cfg, str(checkpoint or initial), initial, version, resume=bool(checkpoint)) as tc:
         if checkpoint:
             for note in dict.fromkeys(tc.learner.optimizer_restored(cfg.cluster.startup_timeout_s)):
                 print(f"learner: {note}")  # one line when every rank did the same
-        history = train_loop(cfg, tc, stream, run, start, metrics_log, progress.update, version)
+        history = train_loop(cfg, tc, stream, run, start, metrics_log, progress.update, version, replay)
     metrics_log.close()
     progress.close()
     print(summary_table(history, start, run))

@@ -17,10 +17,11 @@ from cluster.config import load_config
 from cluster.data.images import load_image
 from cluster.datasets import image_policy, load_samples
 from cluster.metrics import MetricsLog
+from cluster.replay import ReplayBuffer
 from cluster.sample import engine_settings, prompt_request
 from cluster.session import TrainingCluster
 from cluster.stream import PromptStream
-from cluster.train import latest_checkpoint, train_loop
+from cluster.train import latest_checkpoint, next_batch, train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +98,8 @@ def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local,
     from cluster.train import run_train
 
     common = [*OVERRIDES, "learner.num_ranks=1", "rollout.num_workers=1", "cluster.checkpoint_every=1",
-              f"cluster.output_dir={tmp_path}", "cluster.run_name=r", "cluster.dump_rollouts=16"]  # fmt: skip
+              f"cluster.output_dir={tmp_path}", "cluster.run_name=r", "cluster.dump_rollouts=16",
+              "data.replay_share=0.5"]  # fmt: skip
     assert run_train(load_config(None, [*common, "cluster.iterations=1"])) == 0
     run = tmp_path / "r"
     with (run / "metrics.jsonl").open("a") as f:  # an attempt that died after logging iteration 1
@@ -114,11 +116,16 @@ def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local,
     replaced = (run / "metrics.replaced.jsonl").read_text().splitlines()
     assert [json.loads(line)["policy_version"] for line in replaced] == [99]
     assert latest_checkpoint(run).name == "iter_000002"
-    # The resumed iteration trained on exactly the batch an uninterrupted run takes second.
+    assert all("replay/buffer" in m for m in metrics)
+    # The resumed iteration trained on exactly the batch an uninterrupted run takes second: the
+    # stream's next prompts and the replay buffer's draw from iteration 0's mixed groups.
     cfg = load_config(None, common)
-    stream = PromptStream(load_samples(cfg.data.train, cfg.data).samples, 4, seed=cfg.cluster.seed)
+    samples = load_samples(cfg.data.train, cfg.data).samples
+    saved = json.loads((run / "checkpoints" / "iter_000001" / "trainer_state.json").read_text())
+    replay = ReplayBuffer(samples, 0.5, cfg.cluster.seed, saved["replay"])
+    stream = PromptStream(samples, 4, seed=cfg.cluster.seed)
     stream.next_batch()
-    expected = [s.sample_id for s in stream.next_batch()]
+    expected = [s.sample_id for s in next_batch(stream, replay, 1)[0]]
     dumped = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     resumed = list(dict.fromkeys(d["sample_id"] for d in dumped if d["iteration"] == 1))
     assert resumed == expected
