@@ -27,7 +27,9 @@ def run_pipeline(cfg: RunConfig) -> int:
 
     check_address_is_safe(cfg)  # before the run folder
     run = run_dir(cfg)
-    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"run_name": run.name})})
+    # RL writes into the same folder: the name relative to output_dir (a nested name keeps its parents)
+    name = run.relative_to(Path(cfg.cluster.output_dir).expanduser()).as_posix()
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"run_name": name})})
     sft_out = Path(cfg.sft.output or run / "sft")
     if not (sft_out / "model.safetensors").is_file():
         status = run_sft(cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"output": str(sft_out)})}))

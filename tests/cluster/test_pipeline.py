@@ -21,9 +21,10 @@ TOY = [
 
 
 def test_pipeline_runs_sft_then_rl_and_reports_before_and_after(ray_local, tmp_path, capsys):
-    cfg = load_config(None, [*TOY, f"cluster.output_dir={tmp_path}", "cluster.run_name=p"])
+    # a nested run name: SFT, RL and the learning curve all land in the one folder
+    cfg = load_config(None, [*TOY, f"cluster.output_dir={tmp_path}", "cluster.run_name=exp/p"])
     assert run_pipeline(cfg) == 0
-    run = tmp_path / "p"
+    run = tmp_path / "exp" / "p"
     out = capsys.readouterr().out
     assert f"SFT checkpoint: {run / 'sft'}" in out
     assert (run / "sft" / "model.safetensors").is_file()
