@@ -47,3 +47,10 @@ class RolloutConfig(BaseModel):
         description="prompts per generate call; None: an even share of the iteration's prompts per rollout worker, one "
         "call each (fastest). Smaller chunks reach the reward pool sooner",
     )
+    resample_all_wrong: int = Field(
+        0,
+        ge=0,
+        description="rounds of G more rollouts for each prompt whose group is all wrong so far (no accuracy "
+        "gradient); a round that finds a right answer joins the group (2G rollouts, one baseline), one that "
+        "does not is dropped. 0: off (GRPO as published)",
+    )

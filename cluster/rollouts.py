@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import ray
 
@@ -80,6 +80,66 @@ def generate_and_score(
     result.reward_tail_s = time.perf_counter() - start - result.generate_s
     result.groups = sorted(done, key=lambda sg: sg.group.group_id)
     return result
+
+
+ROUND_SEED_STRIDE = 1_000_000_007  # a resampling round's request seed: the group's seed + round x stride
+
+
+def all_wrong(sg: ScoredGroup) -> bool:
+    """Every scorable rollout of the group has accuracy 0 (and at least one is scorable)."""
+    accuracies = [s.rewards.accuracy for s in sg.scores if s.rewards is not None]
+    return bool(accuracies) and not any(accuracies)
+
+
+def resample_all_wrong(
+    batch: Sequence[Sample], requests: Sequence[PromptRequest], rollouts: IterationRollouts, rollout: RolloutPool,
+    reward: RewardPool, version: int, *, rounds: int, chunk_size: int | None, generate_timeout_s: float,
+    reward_timeout_s: float,
+) -> dict[str, float]:  # fmt: skip
+    """Give each all-wrong group up to `rounds` more groups of G from the same policy (new seeds).
+
+    A group whose rollouts are all wrong has zero accuracy advantage: GRPO learns nothing from the
+    prompts the policy misses most. A round that finds at least one right answer joins the group
+    (its advantages then use one baseline over all its rollouts); a round without one is dropped and
+    the next round tries again. `rollouts.groups` is updated in place; returns the metrics.
+    """
+    start = time.perf_counter()
+    position = {r.group_id: j for j, r in enumerate(requests)}
+    groups = {sg.group.group_id: sg for sg in rollouts.groups}
+    retried = {gid for gid, sg in groups.items() if all_wrong(sg)}
+    rescued = 0
+    for round_ in range(1, rounds + 1):
+        todo = sorted(gid for gid in retried if all_wrong(groups[gid]))
+        if not todo:
+            break
+        again = generate_and_score(
+            [batch[position[gid]] for gid in todo],
+            [_reseeded(requests[position[gid]], round_) for gid in todo],
+            rollout, reward, version, chunk_size=chunk_size, generate_timeout_s=generate_timeout_s,
+            reward_timeout_s=reward_timeout_s,
+        )  # fmt: skip
+        rollouts.reward_failures += again.reward_failures
+        for sg in again.groups:
+            if any(s.rewards is not None and s.rewards.accuracy for s in sg.scores):
+                groups[sg.group.group_id] = _joined(groups[sg.group.group_id], sg)
+                rescued += 1
+    rollouts.groups = [groups[gid] for gid in sorted(groups)]
+    return {
+        "rollout/resampled_groups": float(len(retried)), "rollout/rescued_groups": float(rescued),
+        "timing_s/resample": time.perf_counter() - start,
+    }  # fmt: skip
+
+
+def _reseeded(request: PromptRequest, round_: int) -> PromptRequest:
+    return replace(request, seed=None if request.seed is None else request.seed + round_ * ROUND_SEED_STRIDE)
+
+
+def _joined(first: ScoredGroup, more: ScoredGroup) -> ScoredGroup:
+    a, b = first.group, more.group
+    if a.prompt_token_ids != b.prompt_token_ids or a.policy_version != b.policy_version:
+        raise RuntimeError(f"group {a.group_id}: a resampled group differs in prompt or policy version")
+    group = replace(a, completions=[*a.completions, *b.completions], generate_s=a.generate_s + b.generate_s)
+    return ScoredGroup(first.sample, group, [*first.scores, *more.scores])
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:

@@ -26,7 +26,7 @@ from cluster.metrics import (
 )
 from cluster.models import resolve_model
 from cluster.replay import ReplayBuffer
-from cluster.rollouts import IterationRollouts, generate_and_score
+from cluster.rollouts import IterationRollouts, generate_and_score, resample_all_wrong
 from cluster.sample import prompt_request
 from cluster.session import TrainingCluster
 from cluster.stream import PromptStream, StreamState
@@ -54,6 +54,13 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
             batch, requests, tc.rollout, tc.reward, version, chunk_size=cfg.rollout.chunk_size,
             generate_timeout_s=cfg.cluster.generate_timeout_s, reward_timeout_s=cfg.reward.timeout_s,
         )  # fmt: skip
+        resample_metrics = {}
+        if cfg.rollout.resample_all_wrong:
+            resample_metrics = resample_all_wrong(
+                batch, requests, rollouts, tc.rollout, tc.reward, version, rounds=cfg.rollout.resample_all_wrong,
+                chunk_size=cfg.rollout.chunk_size, generate_timeout_s=cfg.cluster.generate_timeout_s,
+                reward_timeout_s=cfg.reward.timeout_s,
+            )  # fmt: skip
         _check_versions(rollouts, version)
         if replay.share:
             replay.update(
@@ -70,7 +77,7 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
         sync_metrics = tc.transport.push(version)
         t3 = time.perf_counter()
         metrics = _iteration_metrics(rollouts, adv_metrics, train_metrics, version, (t0, t1, t2, t3))
-        metrics |= sync_metrics | eval_metrics
+        metrics |= sync_metrics | eval_metrics | resample_metrics
         if replay.share:
             metrics |= {"replay/prompts": float(replayed), "replay/buffer": float(len(replay.accuracy))}
         log_.log(iteration, metrics)

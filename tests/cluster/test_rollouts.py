@@ -13,7 +13,7 @@ import ray
 from actors.types import Completion, Group, PromptRequest
 from cluster.data.sample import Sample
 from cluster.pools import DeadlineExceeded
-from cluster.rollouts import generate_and_score
+from cluster.rollouts import ROUND_SEED_STRIDE, generate_and_score, resample_all_wrong
 from cluster.workers import RewardPool, RolloutPool
 from rewards.rules import RewardRules
 from rewards.scoring import score_items
@@ -140,3 +140,50 @@ def test_generate_all_past_its_deadline_is_a_clear_error(local_ray):
     pool = RolloutPool([ray.remote(FakeRollout).remote(60.0)])
     with pytest.raises(DeadlineExceeded, match="held-out evaluation"):
         pool.generate_all([PromptRequest(0, "q", "img.png")], None, 2.0, "held-out evaluation")
+
+
+class ScriptedRollout:
+    """Answers per (group, resampling round): the round is read back from the request's seed."""
+
+    def __init__(self, script: dict[tuple[int, int], tuple[str, ...]]):
+        self.script = script
+        self.calls: list[list[tuple[int, int]]] = []
+
+    def generate(self, requests, sampling=None):
+        keys = [(r.group_id, (r.seed - 100 - r.group_id) // ROUND_SEED_STRIDE) for r in requests]
+        self.calls.append(keys)
+        text = "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{{{}}}"
+        return [
+            Group(gid, 0, [1, 2], [Completion([5, 6], [-0.1, -0.2], text.format(a), "stop") for a in self.script[gid, r]])
+            for gid, r in keys
+        ]  # fmt: skip
+
+    def generate_calls(self):
+        return self.calls
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_all_wrong_groups_are_resampled_and_a_round_with_a_right_answer_joins_the_group(local_ray, rounds):
+    script = {
+        (0, 0): ("joy", "joy"), (0, 1): ("fear", "joy"),  # all wrong, then rescued in round 1
+        (1, 0): ("joy", "joy"), (1, 1): ("joy", "joy"), (1, 2): ("joy", "fear"),  # rescued in round 2
+        (2, 0): ("fear", "joy"),  # mixed: never resampled
+        (3, 0): ("fear", "fear"),  # all right: never resampled
+    }  # fmt: skip
+    actor = ray.remote(ScriptedRollout).remote(script)
+    pools = RolloutPool([actor]), RewardPool([ray.remote(FakeReward).remote("ok")], follows_policy=True)
+    batch = [Sample(f"s{i}", "img.png", "q", LABELS, "fear") for i in range(4)]
+    requests = [PromptRequest(i, "q", "img.png", seed=100 + i) for i in range(4)]
+    kwargs = {"chunk_size": None, "generate_timeout_s": 30.0, "reward_timeout_s": 30.0}
+    rollouts = generate_and_score(batch, requests, *pools, 0, **kwargs)
+    metrics = resample_all_wrong(batch, requests, rollouts, *pools, 0, rounds=rounds, **kwargs)
+
+    answers = {sg.group.group_id: [s.rewards.accuracy for s in sg.scores] for sg in rollouts.groups}
+    expected = {0: [0, 0, 1, 0], 1: [0, 0] if rounds == 1 else [0, 0, 0, 1], 2: [1, 0], 3: [1, 1]}
+    assert answers == expected
+    assert [len(sg.group.completions) for sg in rollouts.groups] == [len(expected[g]) for g in range(4)]
+    assert ray.get(actor.generate_calls.remote()) == [[(0, 0), (1, 0), (2, 0), (3, 0)], [(0, 1), (1, 1)], [(1, 2)]][
+        : rounds + 1
+    ]  # fmt: skip
+    # round 2 joins group 1 only with its own rollouts: round 1's all-wrong pair was dropped
+    assert metrics["rollout/resampled_groups"] == 2 and metrics["rollout/rescued_groups"] == rounds
