@@ -51,6 +51,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         size=args.size,
         ambiguity=args.ambiguity,
+        two_borrowed=args.two_borrowed,
     )
     for path in paths:
         print(path)
@@ -165,6 +166,9 @@ def _add_data_commands(sub) -> None:
     synth.add_argument("--n-test", type=int, default=256)
     synth.add_argument("--size", type=int, default=112)
     synth.add_argument("--ambiguity", type=float, default=1.0)
+    synth.add_argument(
+        "--two-borrowed", type=float, default=0.5, help="share of mixed images with two borrowed cues"
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
     model = sub.add_parser("model", help="models").add_subparsers(dest="action", required=True)

@@ -47,6 +47,10 @@ class SyntheticConfig(BaseModel):
         1.0, ge=0, le=1,
         description="share of images with 1-2 of 5 cues borrowed from a confusable label (1.0: every image mixed, the label is the majority of its cues; lower values leave the cold start little to gain)",
     )  # fmt: skip
+    two_borrowed: float = Field(
+        0.5, ge=0, le=1,
+        description="share of the mixed images that borrow two of the five cues (a 3-2 majority); the others borrow one (4-1)",
+    )  # fmt: skip
     seed: int = Field(0, description="generator seed")
 
 

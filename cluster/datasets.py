@@ -47,7 +47,7 @@ def resolve_source(source: str, cfg: DataConfig) -> str:
     s = cfg.synthetic
     train, test = generate(
         synthetic_root(s, style), style=style, n_train=s.n_train, n_test=s.n_test, seed=s.seed,
-        size=s.size, ambiguity=s.ambiguity,
+        size=s.size, ambiguity=s.ambiguity, two_borrowed=s.two_borrowed,
     )  # fmt: skip
     return os.fspath(train if split == "train" else test)
 

@@ -194,13 +194,16 @@ def get_style(name: str) -> Style:
         raise ValueError(f"unknown synthetic style {name!r}; expected one of {sorted(STYLES)}") from None
 
 
-def sample_scene(style: Style, label: str, ambiguity: float, rng: np.random.Generator) -> Scene:
-    """Pick the cues of one image of `label`: canonical, or 1-2 slots borrowed from the partner."""
+def sample_scene(
+    style: Style, label: str, ambiguity: float, rng: np.random.Generator, two_borrowed: float = 0.5
+) -> Scene:
+    """Pick the cues of one image of `label`: canonical, or 1-2 slots borrowed from the partner
+    (two with probability `two_borrowed`: a 3-2 majority; else one: 4-1)."""
     cues = list(style.canonical[label])
     partner = style.confusable[label]
     swapped: tuple[str, ...] = ()
     if rng.random() < ambiguity:
-        count = 1 + int(rng.random() < 0.5)
+        count = 1 + int(rng.random() < two_borrowed)
         slots = sorted(rng.choice(len(style.slots), size=count, replace=False).tolist())
         for slot in slots:
             cues[slot] = style.canonical[partner][slot]

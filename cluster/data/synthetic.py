@@ -49,6 +49,7 @@ def generate(
     seed: int,
     size: int = 112,
     ambiguity: float = 0.25,
+    two_borrowed: float = 0.5,
     workers: int | None = None,
 ) -> tuple[Path, Path]:
     """Write the data set (or keep it, if `meta.json` matches) and return (train.jsonl, test.jsonl).
@@ -56,7 +57,8 @@ def generate(
     `size` is the image side in pixels (>= 56); `ambiguity` the probability that a scene borrows one
     or two cues from its label's confusable partner; `workers` threads render and encode images.
     """
-    params = _params(style=style, n_train=n_train, n_test=n_test, seed=seed, size=size, ambiguity=ambiguity)
+    params = _params(style=style, n_train=n_train, n_test=n_test, seed=seed, size=size, ambiguity=ambiguity,
+                     two_borrowed=two_borrowed)  # fmt: skip
     out = Path(out_dir)
     paths = out / "train.jsonl", out / "test.jsonl"
     meta = out / "meta.json"
@@ -93,7 +95,14 @@ def reference_corpus(style: str, n: int, seed: int, ambiguity: float = 0.25) -> 
 
 
 def _params(
-    *, style: str, n_train: int, n_test: int, seed: int, size: int, ambiguity: float
+    *,
+    style: str,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    size: int,
+    ambiguity: float,
+    two_borrowed: float = 0.5,
 ) -> dict[str, Any]:
     """Validated parameters, as stored in meta.json."""
     get_style(style)
@@ -105,6 +114,8 @@ def _params(
         raise ValueError(f"size must be >= {MIN_SIZE} px, got {size}")
     if not 0.0 <= ambiguity <= 1.0:
         raise ValueError(f"ambiguity must be in [0, 1], got {ambiguity}")
+    if not 0.0 <= two_borrowed <= 1.0:
+        raise ValueError(f"two_borrowed must be in [0, 1], got {two_borrowed}")
     return {
         "generator": generator_fingerprint(),
         "style": style,
@@ -113,6 +124,7 @@ def _params(
         "seed": int(seed),
         "size": int(size),
         "ambiguity": float(ambiguity),
+        "two_borrowed": float(two_borrowed),
     }
 
 
@@ -136,7 +148,7 @@ def _scenes(params: dict[str, Any], split: str) -> list[Scene]:
     style = get_style(params["style"])
     labels = balanced_labels(style, params[f"n_{split}"], _rng(params, split, 0))
     return [
-        sample_scene(style, label, params["ambiguity"], _rng(params, split, 1, i))
+        sample_scene(style, label, params["ambiguity"], _rng(params, split, 1, i), params["two_borrowed"])
         for i, label in enumerate(labels)
     ]
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cluster.data.manifest import load_dataset, validate_samples
 from cluster.data.render import check_catalog
-from cluster.data.scenes import CUES, STYLES, cue_label
+from cluster.data.scenes import CUES, STYLES, cue_label, sample_scene
 from cluster.data.synthetic import generate, reference_corpus
 from rewards.prompts import LABEL_SETS
 
@@ -99,6 +99,8 @@ def test_invalid_parameters_are_refused(tmp_path: Path) -> None:
         generate(tmp_path, n_train=1, n_test=1, seed=0, size=32)
     with pytest.raises(ValueError, match="ambiguity"):
         generate(tmp_path, n_train=1, n_test=1, seed=0, ambiguity=1.5)
+    with pytest.raises(ValueError, match="two_borrowed"):
+        generate(tmp_path, n_train=1, n_test=1, seed=0, two_borrowed=-0.1)
     with pytest.raises(ValueError, match="style"):
         generate(tmp_path, style="webemo", n_train=1, n_test=1, seed=0)
 
@@ -153,6 +155,28 @@ def test_step1_describes_exactly_the_cues_drawn(dataset: tuple[str, Path, Path])
             mixed += 1
             assert "most cues suggest " + row["answer"] in row["response"]
     assert 0 < mixed < len(rows)  # default ambiguity 0.25 mixes some scenes, not all
+
+
+@pytest.mark.parametrize("two_borrowed", [0.0, 0.5, 1.0])
+def test_two_borrowed_sets_the_share_of_3_2_scenes_and_leaves_4_1_scenes_as_they_were(two_borrowed: float):
+    style = STYLES["emoset"]
+    scenes = [
+        sample_scene(style, style.labels[i % 8], 1.0, np.random.default_rng([3, i]), two_borrowed)
+        for i in range(400)
+    ]
+    default = [
+        sample_scene(style, style.labels[i % 8], 1.0, np.random.default_rng([3, i])) for i in range(400)
+    ]
+    twos = sum(len(scene.swapped) == 2 for scene in scenes)
+    assert all(len(scene.swapped) in (1, 2) for scene in scenes)
+    assert abs(twos / len(scenes) - two_borrowed) < 0.08
+    if two_borrowed in (0.0, 1.0):
+        assert twos == len(scenes) * two_borrowed
+    # the same random stream: a scene that borrows one cue by default borrows the same one at share 0
+    if two_borrowed == 0.0:
+        for scene, by_default in zip(scenes, default, strict=True):
+            if len(by_default.swapped) == 1:
+                assert scene == by_default
 
 
 def test_every_canonical_cue_belongs_to_its_label_and_a_misplaced_cue_is_refused() -> None:
