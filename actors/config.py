@@ -48,9 +48,10 @@ class RolloutConfig(BaseModel):
         "call each (fastest). Smaller chunks reach the reward pool sooner",
     )
     resample_all_wrong: int = Field(
-        0,
+        1,
         ge=0,
         description="rounds of G more rollouts for each prompt whose group is all wrong so far (no accuracy "
         "gradient); a round that finds a right answer joins the group (2G rollouts, one baseline), one that "
-        "does not is dropped. 0: off (GRPO as published)",
+        "does not is dropped (DEPARTURE: the tiny policy's shortcut leaves its counterexamples all wrong). "
+        "0: off (GRPO as published)",
     )
