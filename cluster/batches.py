@@ -31,8 +31,10 @@ def train_shards(
 ) -> tuple[list[list[list[TrainRollout]]], list[int], dict[str, float]]:
     """shards[rank][minibatch] and the global completion-token count of each mini-batch.
 
-    Mini-batches are contiguous runs of whole groups (in group order); each is split evenly over
-    the ranks. Returns advantage metrics too.
+    Mini-batches are contiguous, equal-sized runs of rollouts in group order (whole groups when the
+    groups divide evenly; a group joined by a resampling round may straddle two, which changes nothing:
+    advantages are computed per group first); each is split evenly over the ranks. Returns advantage
+    metrics too.
     """
     adv = advantages(rollouts, cfg)
     flat: list[TrainRollout] = []
