@@ -85,10 +85,15 @@ def generate_and_score(
 ROUND_SEED_STRIDE = 1_000_000_007  # a resampling round's request seed: the group's seed + round x stride
 
 
+def accuracies(sg: ScoredGroup) -> list[float]:
+    """The accuracy rewards of the group's scorable rollouts (unscorable ones have none)."""
+    return [s.rewards.accuracy for s in sg.scores if s.rewards is not None]
+
+
 def all_wrong(sg: ScoredGroup) -> bool:
     """Every scorable rollout of the group has accuracy 0 (and at least one is scorable)."""
-    accuracies = [s.rewards.accuracy for s in sg.scores if s.rewards is not None]
-    return bool(accuracies) and not any(accuracies)
+    found = accuracies(sg)
+    return bool(found) and not any(found)
 
 
 def resample_all_wrong(
@@ -120,7 +125,7 @@ def resample_all_wrong(
         )  # fmt: skip
         rollouts.reward_failures += again.reward_failures
         for sg in again.groups:
-            if any(s.rewards is not None and s.rewards.accuracy for s in sg.scores):
+            if any(accuracies(sg)):
                 groups[sg.group.group_id] = _joined(groups[sg.group.group_id], sg)
                 rescued += 1
     rollouts.groups = [groups[gid] for gid in sorted(groups)]

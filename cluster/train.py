@@ -26,7 +26,7 @@ from cluster.metrics import (
 )
 from cluster.models import resolve_model
 from cluster.replay import ReplayBuffer
-from cluster.rollouts import IterationRollouts, generate_and_score, resample_all_wrong
+from cluster.rollouts import IterationRollouts, accuracies, generate_and_score, resample_all_wrong
 from cluster.sample import prompt_request
 from cluster.session import TrainingCluster
 from cluster.stream import PromptStream, StreamState
@@ -63,10 +63,7 @@ def train_loop(cfg: RunConfig, tc: TrainingCluster, stream: PromptStream, run: P
             )  # fmt: skip
         _check_versions(rollouts, version)
         if replay.share:
-            replay.update(
-                (sg.sample.sample_id, [sc.rewards.accuracy for sc in sg.scores if sc.rewards])
-                for sg in rollouts.groups
-            )
+            replay.update((sg.sample.sample_id, accuracies(sg)) for sg in rollouts.groups)
         t1 = time.perf_counter()
         shards, num_tokens, adv_metrics = train_shards(rollouts, cfg.learner)
         train_metrics = combine_rank_metrics(
