@@ -41,8 +41,10 @@ class LearnerConfig(BaseModel):
         0.01, ge=0, description="low_var_kl loss coefficient (METHOD.md §4: 0.01; 0 = off)"
     )
     kl_clamp: float = Field(10.0, gt=0, description="clamp of the k3 estimator (METHOD.md §4: 10)")
-    advantage_std: Literal["unbiased", "population"] = Field(
-        "unbiased", description="group std (release: unbiased)"
+    advantage_std: Literal["unbiased", "population", "none"] = Field(
+        "unbiased",
+        description="group std (release: unbiased); none: advantages stay r − mean_group, as in Dr. GRPO (a group "
+        "whose accuracy is uniform then weighs by its other rewards' small spread instead of ±1)",
     )
     advantage_eps: float = Field(1e-6, gt=0, description="added to the group std (METHOD.md §4: 1e-6)")
     all_wrong_advantage: float = Field(

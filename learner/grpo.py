@@ -31,7 +31,7 @@ KL_CLAMP = 10.0  # METHOD.md §4: low_var_kl clamped to ±10
 # Every value beyond it is already clipped by the PPO clip, the dual clip or the KL clamp.
 LOG_RATIO_CLAMP = 20.0
 
-StdKind = Literal["unbiased", "population"]
+StdKind = Literal["unbiased", "population", "none"]
 # Metrics of `grpo_loss` that combine across micro-batches/ranks by max; all others by sum.
 MAX_REDUCED_METRICS = frozenset({"ratio_max"})
 
@@ -50,9 +50,15 @@ def _population_std(sq_dev_sum: Tensor, count: Tensor) -> Tensor:
     return (sq_dev_sum / count.clamp_min(1)).sqrt()
 
 
+def _no_std(sq_dev_sum: Tensor, count: Tensor) -> Tensor:
+    """[G] ones: advantages stay r − mean_group (Dr. GRPO); eps is not added."""
+    return torch.ones_like(sq_dev_sum)
+
+
 STD_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "unbiased": _unbiased_std,  # METHOD.md §4: std unbiased (the release)
     "population": _population_std,
+    "none": _no_std,
 }
 
 
@@ -105,7 +111,7 @@ def group_advantages(
     dev = torch.where(scorable, score - mean[segment], 0.0)  # [N]
     spread = std_fn(_segment_sum(dev * dev, segment, num_groups), count)  # [G]
     degenerate = (count < 2) | _segment_is_constant(score, segment, num_groups, scorable)  # [G]
-    advantages = dev / (spread[segment] + eps)  # [N]
+    advantages = dev / (spread[segment] + (0.0 if std == "none" else eps))  # [N]
     return torch.where(scorable & ~degenerate[segment], advantages, 0.0)
 
 

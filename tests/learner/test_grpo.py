@@ -56,6 +56,13 @@ def test_advantages_with_population_std():
     torch.testing.assert_close(adv, _t([a, -a, -a, a]), rtol=1e-12, atol=0)
 
 
+def test_advantages_without_std_are_the_deviations_from_the_group_mean():
+    # Dr. GRPO: a group of near-equal rewards keeps its small spread instead of ±1
+    scores = _t([1, 0, 0, 1, 0.1, 0.0, 0.0, 0.1])
+    adv = group_advantages(scores, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), _all_scorable(8), std="none")
+    torch.testing.assert_close(adv, _t([0.5, -0.5, -0.5, 0.5, 0.05, -0.05, -0.05, 0.05]), rtol=1e-12, atol=0)
+
+
 def test_advantages_are_computed_per_group_with_arbitrary_interleaved_ids():
     # group 7: [2, 4] → mean 3, unbiased std √2 → ∓1/√2 (÷ (√2 + eps));
     # group 3: [1, 0, 0, 1] → ±0.866 as above
@@ -72,7 +79,7 @@ def test_advantage_is_exactly_zero_when_group_rewards_are_equal():
     # tiny eps-noise (≈1e-11) instead of 0
     scores = _t([0.1, 0.1, 0.1, 1.0, 1.0])
     group = torch.tensor([0, 0, 0, 1, 1])
-    for std in ("unbiased", "population"):
+    for std in ("unbiased", "population", "none"):
         adv = group_advantages(scores, group, _all_scorable(5), std=std)
         assert torch.equal(adv, torch.zeros(5, dtype=F64))
 
