@@ -6,30 +6,24 @@ import math
 
 import torch
 
-from cluster.rollouts import IterationRollouts, all_wrong
+from cluster.rollouts import IterationRollouts
 from learner.batch import TrainRollout, num_completion_tokens, rollouts_from_group, split
 from learner.config import LearnerConfig
 from learner.grpo import group_advantages
 
 
 def advantages(rollouts: IterationRollouts, cfg: LearnerConfig) -> torch.Tensor:
-    """Group-normalised advantages [N] over every rollout in group order; unscorable → 0.
-
-    With cfg.all_wrong_advantage < 0, the scorable rollouts of all-wrong groups get it added.
-    """
-    scores, index, scorable, shift = [], [], [], []
+    """Group-normalised advantages [N] over every rollout in group order; unscorable → 0."""
+    scores, index, scorable = [], [], []
     for sg in rollouts.groups:
-        penalty = cfg.all_wrong_advantage if all_wrong(sg) else 0.0
         for s in sg.scores:
             scores.append(s.rewards.score if s.rewards is not None else math.nan)
             scorable.append(s.rewards is not None)
             index.append(sg.group.group_id)
-            shift.append(penalty if s.rewards is not None else 0.0)
-    adv = group_advantages(
+    return group_advantages(
         torch.tensor(scores, dtype=torch.float64), torch.tensor(index), torch.tensor(scorable),
         std=cfg.advantage_std, eps=cfg.advantage_eps,
     )  # fmt: skip
-    return adv + torch.tensor(shift, dtype=adv.dtype)
 
 
 def train_shards(

@@ -47,13 +47,6 @@ class LearnerConfig(BaseModel):
         "whose accuracy is uniform then weighs by its other rewards' small spread instead of ±1)",
     )
     advantage_eps: float = Field(1e-6, gt=0, description="added to the group std (METHOD.md §4: 1e-6)")
-    all_wrong_advantage: float = Field(
-        0.0,
-        le=0,
-        description="added to the advantage of every scorable rollout of a group whose rollouts are all wrong "
-        "(after any resampling round): a push away from answers the whole group got wrong, where GRPO's accuracy "
-        "advantage is zero. 0: off (GRPO as published)",
-    )
     old_logprobs: Literal["auto", "learner", "engine"] = Field(
         "auto",
         description="old (behaviour) logprobs of the ratio: learner: a forward of the weights that sampled, before "
