@@ -42,13 +42,17 @@ _BY_SHORT = {cue.short: name for name, cue in CUES.items()}
 class Verdict:
     """One response against its scene. `faithful` is None when the response has no step 2."""
 
-    borrowed: int  # cues of the image that belong to the partner (0, 1 or 2)
+    borrowed_slots: tuple[str, ...]  # the slots that hold the partner's cues
     right: bool
     partner: bool  # the answer is the label of the image's borrowed cues
     faithful: bool | None
     named_absent: bool  # step 2 names a cue the image does not show
     odd: bool  # step 2 is in neither reference form, or names something that is no cue
-    borrowed_slots: tuple[str, ...] = ()  # the slots that hold the partner's cues
+
+    @property
+    def borrowed(self) -> int:
+        """Cues of the image that belong to the partner (0, 1 or 2)."""
+        return len(self.borrowed_slots)
 
 
 def judge(response: str, style: str, cues: Mapping[str, str]) -> Verdict:
@@ -62,12 +66,12 @@ def judge(response: str, style: str, cues: Mapping[str, str]) -> Verdict:
     right, partner = answer == gold, answer in partners
     step2 = _step2(response)
     if step2 is None:
-        return Verdict(len(borrowed), right, partner, None, False, False, slots)
+        return Verdict(slots, right, partner, None, False, False)
     named = _named_cues(step2)
     if named is None:
-        return Verdict(len(borrowed), right, partner, False, False, True, slots)
+        return Verdict(slots, right, partner, False, False, True)
     absent = not set(named) <= set(cues.values())
-    return Verdict(len(borrowed), right, partner, set(named) == borrowed, absent, False, slots)
+    return Verdict(slots, right, partner, set(named) == borrowed, absent, False)
 
 
 def _step2(response: str) -> str | None:

@@ -29,13 +29,13 @@ def step2(text: str, answer: str = "contentment") -> str:
 
 
 def test_the_reference_responses_are_faithful_and_right() -> None:
-    assert judge(set_response(SCENE), "emoset", CUES) == Verdict(2, True, False, True, False, False, SLOTS)
-    assert judge(grpo_response(SCENE), "emoset", CUES) == Verdict(2, True, False, True, False, False, SLOTS)
+    assert judge(set_response(SCENE), "emoset", CUES) == Verdict(SLOTS, True, False, True, False, False)
+    assert judge(grpo_response(SCENE), "emoset", CUES) == Verdict(SLOTS, True, False, True, False, False)
     agreeing = Scene(
         "emoset", "awe", ("violet_sky", "lake", "amazed", "mountain", "stars"), "contentment", ()
     )
     assert judge(set_response(agreeing), "emoset", agreeing.cue_dict()) == Verdict(
-        0, True, False, True, False, False
+        (), True, False, True, False, False
     )
 
 
@@ -44,17 +44,17 @@ def test_the_reference_responses_are_faithful_and_right() -> None:
     [
         # one of the two borrowed cues: not faithful, nothing absent
         ("The stars feels like awe, but most cues suggest contentment, so ...", "contentment",
-         Verdict(2, True, False, False, False, False, SLOTS)),
+         Verdict(SLOTS, True, False, False, False, False)),
         # a cue the image does not show
         ("The fireworks feels like awe, but most cues suggest contentment, so ...", "awe",
-         Verdict(2, False, True, False, True, False, SLOTS)),
+         Verdict(SLOTS, False, True, False, True, False)),
         # a mixed image called unanimous
-        ("All cues agree, so a viewer would feel calm.", "contentment", Verdict(2, True, False, False, False, False, SLOTS)),
+        ("All cues agree, so a viewer would feel calm.", "contentment", Verdict(SLOTS, True, False, False, False, False)),
         # neither reference form, and a label outside the pair
-        ("I think it is nice.", "fear", Verdict(2, False, False, False, False, True, SLOTS)),
+        ("I think it is nice.", "fear", Verdict(SLOTS, False, False, False, False, True)),
         # something that is no cue
         ("The happy dog feels like awe, but most cues suggest contentment.", "contentment",
-         Verdict(2, True, False, False, False, True, SLOTS)),
+         Verdict(SLOTS, True, False, False, False, True)),
     ],
 )  # fmt: skip
 def test_step2_is_checked_against_the_scene(text: str, answer: str, expected: Verdict) -> None:
@@ -63,16 +63,16 @@ def test_step2_is_checked_against_the_scene(text: str, answer: str, expected: Ve
 
 def test_a_response_without_step2_or_answer_is_wrong_and_not_judged_for_faithfulness() -> None:
     assert judge("The scene shows a calm face.", "emoset", CUES) == Verdict(
-        2, False, False, None, False, False, SLOTS
+        SLOTS, False, False, None, False, False
     )
 
 
 def test_summary_shares() -> None:
     verdicts = [
-        Verdict(2, True, False, True, False, False, ("sky", "face")),
-        Verdict(2, False, True, False, True, False, ("sky", "accent")),
-        Verdict(1, True, False, False, False, True, ("accent",)),
-        Verdict(1, False, False, None, False, False, ("sky",)),
+        Verdict(("sky", "face"), True, False, True, False, False),
+        Verdict(("sky", "accent"), False, True, False, True, False),
+        Verdict(("accent",), True, False, False, False, True),
+        Verdict(("sky",), False, False, None, False, False),
     ]
     summary = summarize(verdicts)
     assert summary["rollouts"] == 4 and summary["accuracy"] == 0.5
