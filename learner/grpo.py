@@ -85,7 +85,8 @@ def group_advantages(
     std: StdKind = "unbiased",
     eps: float = ADVANTAGE_EPS,
 ) -> Tensor:
-    """[N] GRPO advantages: (score − mean_group) / (std_group + eps), METHOD.md §4.
+    """[N] GRPO advantages: (score − mean_group) / (std_group + eps), METHOD.md §4; with
+    std="none", score − mean_group (Dr. GRPO: no std, no eps).
 
     scores [N] float (a value at an unscorable rollout is ignored, NaN included); group_index [N]
     int ids (any values, any order); scorable [N] bool. A group's mean and std use only its scorable
