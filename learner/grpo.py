@@ -40,22 +40,23 @@ MAX_REDUCED_METRICS = frozenset({"ratio_max"})
 # Group advantages
 
 
-def _unbiased_std(sq_dev_sum: Tensor, count: Tensor) -> Tensor:
-    """[G] sample std (divides by n − 1). Groups with n < 2 are zeroed by the caller."""
-    return (sq_dev_sum / (count - 1).clamp_min(1)).sqrt()
+def _unbiased_std(sq_dev_sum: Tensor, count: Tensor, eps: float) -> Tensor:
+    """[G] sample std (divides by n − 1) + eps. Groups with n < 2 are zeroed by the caller."""
+    return (sq_dev_sum / (count - 1).clamp_min(1)).sqrt() + eps
 
 
-def _population_std(sq_dev_sum: Tensor, count: Tensor) -> Tensor:
-    """[G] population std (divides by n)."""
-    return (sq_dev_sum / count.clamp_min(1)).sqrt()
+def _population_std(sq_dev_sum: Tensor, count: Tensor, eps: float) -> Tensor:
+    """[G] population std (divides by n) + eps."""
+    return (sq_dev_sum / count.clamp_min(1)).sqrt() + eps
 
 
-def _no_std(sq_dev_sum: Tensor, count: Tensor) -> Tensor:
+def _no_std(sq_dev_sum: Tensor, count: Tensor, eps: float) -> Tensor:
     """[G] ones: advantages stay r − mean_group (Dr. GRPO); eps is not added."""
     return torch.ones_like(sq_dev_sum)
 
 
-STD_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+# The divisor of a group's deviations from its mean, per `std` kind.
+STD_ESTIMATORS: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {
     "unbiased": _unbiased_std,  # METHOD.md §4: std unbiased (the release)
     "population": _population_std,
     "none": _no_std,
@@ -110,9 +111,9 @@ def group_advantages(
     count = _segment_sum(scorable.to(dtype), segment, num_groups)  # [G]
     mean = _segment_sum(score, segment, num_groups) / count.clamp_min(1)  # [G]
     dev = torch.where(scorable, score - mean[segment], 0.0)  # [N]
-    spread = std_fn(_segment_sum(dev * dev, segment, num_groups), count)  # [G]
+    divisor = std_fn(_segment_sum(dev * dev, segment, num_groups), count, eps)  # [G]
     degenerate = (count < 2) | _segment_is_constant(score, segment, num_groups, scorable)  # [G]
-    advantages = dev / (spread[segment] + (0.0 if std == "none" else eps))  # [N]
+    advantages = dev / divisor[segment]  # [N]
     return torch.where(scorable & ~degenerate[segment], advantages, 0.0)
 
 
