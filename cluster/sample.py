@@ -56,7 +56,7 @@ def rollout_sampling(cfg: RunConfig) -> SamplingSettings:
 def reward_rules(cfg: RunConfig) -> RewardRules:
     w = cfg.reward
     return RewardRules(total=w.total, coherence_span=w.coherence_span, strict_yes_no=w.strict_yes_no,
-                       strict_label_match=w.strict_label_match)  # fmt: skip
+                       strict_label_match=w.strict_label_match, judge_prompt=w.judge.prompt)  # fmt: skip
 
 
 def prompt_request(sample: Sample, group_id: int, style: str, seed: int) -> PromptRequest:

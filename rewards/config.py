@@ -22,6 +22,12 @@ class JudgeConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1, description="METHOD.md §3: 0.95")
     max_new_tokens: int = Field(16, ge=1, description="reflection answers are one word")
     kv_cache_mib: int = Field(64, ge=16, description="judge KV cache on CPU (MiB)")
+    prompt: Literal["release", "delimited"] = Field(
+        "release",
+        description="release: the response's span pasted into the reflection prompts as is (METHOD.md §3); "
+        "delimited: the span between markers, marked as material to judge, not instructions "
+        "(docs/rewards.md)",
+    )
 
     @model_validator(mode="after")
     def _frozen_needs_model(self) -> JudgeConfig:
@@ -49,7 +55,11 @@ class RewardConfig(BaseModel):
     coherence_span: Literal["release", "echo"] = Field(
         "release", description="echo: keep step-2 content when the model writes after the closing tags"
     )
-    strict_yes_no: bool = Field(False, description="whole-word yes/no ('none', 'not' are not 'no')")
+    strict_yes_no: bool = Field(
+        False,
+        description="whole-word yes/no in R_cons ('none', 'not' are not 'no'; 'the eyes', 'yes-man' are not "
+        "'yes')",
+    )
     strict_label_match: bool = Field(False, description="label matched as a word ('Fear.' counts)")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     timeout_s: float = Field(120.0, gt=0, description="deadline for scoring one group; past it: unscorable")

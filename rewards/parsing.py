@@ -2,6 +2,10 @@
 
 Every function here accepts any `str` text and never raises on it; "not found" is `None`. (Only an
 unknown `style` argument of `coherence_span` raises `ValueError`.)
+
+Every function reads model output (up to the rollout's token cap, tens of KiB) and runs in time linear
+in its length: no pattern here can rescan the rest of the text from each start position. The release's
+regexes are kept in the docstrings as the definition; tests check these functions against them.
 """
 
 from __future__ import annotations
@@ -9,17 +13,22 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-# METHOD.md §3: whitespace around `<`, `>` and `/` is removed before accuracy and format are scored.
-_TAG_WHITESPACE = re.compile(r"\s*(<|>|/)\s*")
+# METHOD.md §3: whitespace around `<`, `>` and `/` is removed before accuracy and format are scored
+# (released as `\s*(<|>|/)\s*` → the char, which removes every whitespace run touching one of them).
+# A run after a tag character, or a whole run before one; the second branch starts only where a run
+# starts, so a run followed by anything else is scanned once, not once per position (linear time).
+_TAG_WHITESPACE = re.compile(r"(?<=[<>/])\s+|(?<!\s)\s+(?=[<>/])")
 
-# METHOD.md §3, R_coh span as released: from `<step1>` through the first `</step2>`, tags included.
-_COHERENCE_SPAN = re.compile(r"(<step1>.*?</step2>)", re.DOTALL)
+# METHOD.md §3, R_coh and R_cons spans as released: they start at `<step1>` and end at the first
+# `</step2>` (included) or `<step2>` (excluded) after it.
+_STEP1 = "<step1>"
+_STEP2_CLOSE = "</step2>"
+_STEP2_OPEN = "<step2>"
 
-# METHOD.md §3, R_cons span as released: from `<step1>` up to just before the first `<step2>`.
-_CONSISTENCY_SPAN = re.compile(r"(<step1>.*?)(?=<step2>)", re.DOTALL)
-
-# The "echo" coherence span (not in the release) tolerates whitespace inside the tags.
-_ECHO_HEAD = re.compile(r"<\s*step1\s*>.*?<\s*/\s*step2\s*>", re.DOTALL)
+# The "echo" coherence span (not in the release) tolerates whitespace inside the tags. Each pattern
+# matches one tag, so a search scans the text once.
+_ECHO_OPEN = re.compile(r"<\s*step1\s*>")
+_ECHO_CLOSE = re.compile(r"<\s*/\s*step2\s*>")
 _ECHO_STOP = re.compile(r"<\s*step3\s*>|\\boxed\{")
 
 _BOX_OPEN = "\\boxed{"
@@ -30,7 +39,7 @@ CoherenceSpanStyle = Literal["release", "echo"]
 
 def normalize_whitespace(text: str) -> str:
     """Drop whitespace around `<`, `>` and `/` (METHOD.md §3: `\\s*(<|>|/)\\s*` → the char itself)."""
-    return _TAG_WHITESPACE.sub(r"\1", text)
+    return _TAG_WHITESPACE.sub("", text)
 
 
 def last_boxed(text: str) -> str | None:
@@ -80,19 +89,25 @@ def coherence_span(response: str, style: CoherenceSpanStyle = "release") -> str 
 
 
 def _release_coherence_span(response: str) -> str | None:
-    """The "release" style of `coherence_span`."""
-    match = _COHERENCE_SPAN.search(response)
-    return match.group(1) if match else None
+    """The "release" style of `coherence_span`: the first `<step1>` through the first `</step2>` after it.
+
+    That is what `(<step1>.*?</step2>)` finds: if the first `<step1>` has no `</step2>` after it, no
+    later one has.
+    """
+    start = response.find(_STEP1)
+    end = response.find(_STEP2_CLOSE, start + len(_STEP1)) if start >= 0 else -1
+    return response[start : end + len(_STEP2_CLOSE)] if end >= 0 else None
 
 
 def _echo_coherence_span(response: str) -> str | None:
-    """The "echo" style of `coherence_span`."""
-    head = _ECHO_HEAD.search(response)
-    if head is None:
+    """The "echo" style of `coherence_span`: the first opening tag, the first closing tag after it."""
+    opening = _ECHO_OPEN.search(response)
+    closing = _ECHO_CLOSE.search(response, opening.end()) if opening else None
+    if closing is None:
         return None
-    stop = _ECHO_STOP.search(response, head.end())
+    stop = _ECHO_STOP.search(response, closing.end())
     end = stop.start() if stop else len(response)
-    return response[head.start() : head.end()] + response[head.end() : end].rstrip()
+    return response[opening.start() : closing.end()] + response[closing.end() : end].rstrip()
 
 
 _COHERENCE_SPAN_STYLES = {"release": _release_coherence_span, "echo": _echo_coherence_span}
@@ -102,7 +117,9 @@ def consistency_span(response: str) -> str | None:
     """The reasoning the consistency reflection reads (METHOD.md §3, R_cons), or `None` if absent.
 
     Regex `(<step1>.*?)(?=<step2>)`, dot-all, on the decoded response, as released: from `<step1>`
-    up to just before the first `<step2>`; step-1 content is kept in both writing styles.
+    up to just before the first `<step2>`; step-1 content is kept in both writing styles. Found as the
+    first `<step1>` and the first `<step2>` after it, which is what the regex finds.
     """
-    match = _CONSISTENCY_SPAN.search(response)
-    return match.group(1) if match else None
+    start = response.find(_STEP1)
+    end = response.find(_STEP2_OPEN, start + len(_STEP1)) if start >= 0 else -1
+    return response[start:end] if end >= 0 else None

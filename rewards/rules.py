@@ -13,12 +13,12 @@ from typing import Literal, get_args
 
 from rewards import parsing, prompts
 
-# METHOD.md §3 (format): SET structure, then a box; the whole normalized response must match.
-SET_FORMAT = re.compile(
-    r"<step1>.*</step1>.*<step2>.*</step2>.*<step3>.*</step3>.*\\boxed\{.*\}.*", re.DOTALL
-)
-# METHOD.md §2 (GRPO baseline): `<think>.*</think>.*\boxed{.*}.*`.
-THINK_FORMAT = re.compile(r"<think>.*</think>.*\\boxed\{.*\}.*", re.DOTALL)
+# METHOD.md §3 (format): the whole normalized response must match
+# `<step1>.*</step1>.*<step2>.*</step2>.*<step3>.*</step3>.*\boxed\{.*\}.*` (dot-all): these literals
+# in this order, the first at the start, anything around them.
+SET_FORMAT_LITERALS = ("<step1>", "</step1>", "<step2>", "</step2>", "<step3>", "</step3>", "\\boxed{", "}")
+# METHOD.md §2 (GRPO baseline): `<think>.*</think>.*\boxed{.*}.*`, the same way.
+THINK_FORMAT_LITERALS = ("<think>", "</think>", "\\boxed{", "}")
 
 # METHOD.md §3 (Total, released code): R = 0.8·acc + 0.1·R_coh + 0.1·R_cons + 0.1·format, max 1.1.
 RELEASE_ACCURACY_WEIGHT = 0.8
@@ -37,6 +37,11 @@ GRPO_FORMAT_WEIGHT = 0.1
 UNDECIDED_REWARD = 0.5
 # METHOD.md §3: reflection not run (validation, or a rollout never reflected on) counts as a hit.
 NOT_RUN_REWARD = 1.0
+
+# Strict R_cons (not in the release): "yes" / "no" as words of their own; a hyphen joins a compound
+# ("yes-man", "no-one"), which is not an answer.
+_STRICT_YES = re.compile(r"(?<![\w-])yes(?![\w-])")
+_STRICT_NO = re.compile(r"(?<![\w-])no(?![\w-])")
 
 TotalForm = Literal["release", "paper", "grpo"]
 
@@ -57,13 +62,36 @@ def accuracy_reward(response: str, gold: str) -> float:
 
 
 def set_format_reward(response: str) -> float:
-    """1.0 if the whole normalized response fullmatches `SET_FORMAT` (dot-all), else 0.0 (METHOD.md §3)."""
-    return float(SET_FORMAT.fullmatch(parsing.normalize_whitespace(response)) is not None)
+    """1.0 if the whole normalized response has the SET structure, then a box, else 0.0 (METHOD.md §3).
+
+    Same verdict as the release's fullmatch of `SET_FORMAT_LITERALS` joined by `.*` (dot-all).
+    """
+    return float(_literals_in_order(parsing.normalize_whitespace(response), SET_FORMAT_LITERALS))
 
 
 def think_format_reward(response: str) -> float:
-    """1.0 if the whole normalized response fullmatches `THINK_FORMAT` (dot-all), else 0.0 (METHOD.md §2)."""
-    return float(THINK_FORMAT.fullmatch(parsing.normalize_whitespace(response)) is not None)
+    """1.0 if the whole normalized response is a <think> block, then a box, else 0.0 (METHOD.md §2).
+
+    Same verdict as the release's fullmatch of `THINK_FORMAT_LITERALS` joined by `.*` (dot-all).
+    """
+    return float(_literals_in_order(parsing.normalize_whitespace(response), THINK_FORMAT_LITERALS))
+
+
+def _literals_in_order(text: str, literals: Sequence[str]) -> bool:
+    """Whether `text` starts with `literals[0]` and holds the others after it, in order, not overlapping.
+
+    This decides a fullmatch of the literals joined by `.*` (dot-all) in one pass: `.*` accepts
+    anything, and placing each literal at its earliest occurrence leaves the most room for the rest.
+    """
+    if not text.startswith(literals[0]):
+        return False
+    position = len(literals[0])
+    for literal in literals[1:]:
+        found = text.find(literal, position)
+        if found < 0:
+            return False
+        position = found + len(literal)
+    return True
 
 
 # ---- reflective emotional reward (METHOD.md §3, RER) --------------------------------------------
@@ -125,14 +153,16 @@ def consistency_reward(reflection: str | None) -> float:
 def strict_consistency_reward(reflection: str | None) -> float:
     """R_cons with whole-word yes/no (not in the release; METHOD.md §3 "known weaknesses").
 
-    `None` (not run) → 1.0. On the lowercased reflection, `\\byes\\b` and `\\bno\\b` ("none", "not",
-    "cannot", "know", "eyes" match neither): only yes → 1.0, only no → 0.0, both or neither → 0.5.
+    `None` (not run) → 1.0. On the lowercased reflection, "yes" and "no" count only as words of their
+    own, not touching a letter, digit, underscore or hyphen ("none", "not", "cannot", "know", "the
+    eyes", "yesterday", "yes-man", "no-one" say neither): only yes → 1.0, only no → 0.0, both or
+    neither → 0.5.
     """
     if reflection is None:
         return NOT_RUN_REWARD
     text = reflection.lower()
-    said_yes = re.search(r"\byes\b", text) is not None
-    said_no = re.search(r"\bno\b", text) is not None
+    said_yes = _STRICT_YES.search(text) is not None
+    said_no = _STRICT_NO.search(text) is not None
     if said_yes == said_no:
         return UNDECIDED_REWARD
     return 1.0 if said_yes else 0.0
@@ -177,6 +207,10 @@ _FORMATS: dict[str, Callable[[str], float]] = {
 }
 _COHERENCE_REWARDS = {False: coherence_reward, True: strict_coherence_reward}
 _CONSISTENCY_REWARDS = {False: consistency_reward, True: strict_consistency_reward}
+_REFLECTION_PROMPTS = {
+    "release": (prompts.coherence_prompt, prompts.consistency_prompt),
+    "delimited": (prompts.delimited_coherence_prompt, prompts.delimited_consistency_prompt),
+}
 
 
 @dataclass(frozen=True)
@@ -194,6 +228,9 @@ class RewardRules:
     strict_yes_no: bool = False
     # Whole-word label match in R_coh instead of whole-string equality (see `strict_coherence_reward`).
     strict_label_match: bool = False
+    # Reflection prompts: "release" pastes the span as is; "delimited" puts it between markers the
+    # judge is told hold material, not instructions (see `prompts.delimit`).
+    judge_prompt: prompts.ReflectionPromptForm = "release"
 
     def __post_init__(self) -> None:
         if self.total not in _TOTALS:
@@ -203,6 +240,9 @@ class RewardRules:
             raise ValueError(
                 f"RewardRules.coherence_span is {self.coherence_span!r}; set it to one of {styles}"
             )
+        forms = get_args(prompts.ReflectionPromptForm)
+        if self.judge_prompt not in forms:
+            raise ValueError(f"RewardRules.judge_prompt is {self.judge_prompt!r}; set it to one of {forms}")
 
     @property
     def reflective(self) -> bool:
@@ -249,9 +289,11 @@ def reflection_prompts(
 ) -> tuple[str, str]:
     """(coherence prompt text, consistency prompt text) for one rollout (METHOD.md §3, RER).
 
-    The coherence span follows `rules.coherence_span`; a missing span gives "Answer 'None'". The
-    consistency prompt is sent with the rollout's image; the coherence prompt is text only.
+    The coherence span follows `rules.coherence_span`, the prompt texts `rules.judge_prompt`; a missing
+    span gives "Answer 'None'". The consistency prompt is sent with the rollout's image; the coherence
+    prompt is text only.
     """
+    coherence_prompt, consistency_prompt = _REFLECTION_PROMPTS[rules.judge_prompt]
     coherence_span = parsing.coherence_span(response, rules.coherence_span)
     consistency_span = parsing.consistency_span(response)
-    return prompts.coherence_prompt(coherence_span, labels), prompts.consistency_prompt(consistency_span)
+    return coherence_prompt(coherence_span, labels), consistency_prompt(consistency_span)

@@ -183,6 +183,12 @@ def test_release_consistency_uses_yes_then_no_substrings(reflection, expected):
         ("I cannot tell", 0.5),
         ("I don't know", 0.5),
         ("eyes", 0.5),
+        ("the eyes", 0.5),
+        ("yesterday", 0.5),
+        ("yes-man", 0.5),  # a hyphen joins a compound word: not an answer
+        ("no-one can tell", 0.5),
+        ("Yes - it can", 1.0),
+        ("yes/no", 0.5),  # both
         ("yes and no", 0.5),  # both
         ("", 0.5),
         ("Yes, nothing is off", 1.0),
@@ -242,7 +248,9 @@ def test_score_response_strict_options_change_reflection_parsing():
     assert (strict.coherence, strict.consistency, strict.score) == (1.0, 0.5, pytest.approx(1.05))
 
 
-@pytest.mark.parametrize(("field", "value"), [("total", "sum"), ("coherence_span", "loose")])
+@pytest.mark.parametrize(
+    ("field", "value"), [("total", "sum"), ("coherence_span", "loose"), ("judge_prompt", "fenced")]
+)
 def test_reward_rules_rejects_unknown_choices_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         RewardRules(**{field: value})
