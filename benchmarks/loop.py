@@ -57,14 +57,12 @@ def _loop(cfg: RunConfig, iterations: int) -> list[dict]:
     from cluster.models import resolve_model
     from cluster.rundir import run_dir
     from cluster.session import TrainingCluster
-    from cluster.stream import PromptStream
-    from cluster.train import train_loop
+    from cluster.train import RunState, train_loop
 
     run = run_dir(cfg)
-    samples = load_samples(cfg.data.train, cfg.data).samples
-    stream = PromptStream(samples, cfg.cluster.prompts_per_iteration, seed=cfg.cluster.seed)
+    state = RunState.fresh(cfg, load_samples(cfg.data.train, cfg.data).samples)
     with TrainingCluster(cfg, resolve_model(cfg.model.path)) as tc:
-        history = train_loop(cfg, tc, stream, run, 0, MetricsLog(run, False), lambda *_: None)
+        history = train_loop(cfg, tc, state, run, MetricsLog(run, False), lambda *_: None)
     return history[1:]
 
 

@@ -1,7 +1,9 @@
 """`emo-r3`: the command line. Each subcommand parses its arguments and calls one function.
 
 Heavy imports happen inside the command functions, so `emo-r3 --help` and config errors are instant.
-Exit codes: 0 success, 1 the work failed, 2 bad usage or config (nothing was started).
+Exit codes (cluster.stops): 0 success; 1 the work failed (a worker died, a deadline passed, too much
+went unscorable); 2 bad usage, config or data (nothing was started); 130 / 143 stopped by SIGINT /
+SIGTERM. Every expected failure prints one line, `emo-r3: ...`, never a traceback.
 """
 
 from __future__ import annotations
@@ -300,16 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cluster.stops import EXIT_CONFIG, EXIT_FAILED, RunFailed, Stopped
+
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except ConfigError as err:
         print(f"emo-r3: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except FileNotFoundError as err:
         print(f"emo-r3: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except RunFailed as err:
+        print(f"emo-r3: the run failed: {err}", file=sys.stderr)  # RunFailed says how to go on
+        return EXIT_FAILED
+    except Stopped as err:
+        print(f"emo-r3: {err}; continue with --resume", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("emo-r3: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,32 @@ class ModelConfig(BaseModel):
     path: str = Field(
         "tiny", description="HF-format model folder, or 'tiny' for the embedded model built offline"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _model_exists(cls, path: str) -> str:
+        check_model_path(path)
+        return path
+
+
+def check_model_path(path: str) -> None:
+    """A model is 'tiny', a local folder with an HF `config.json`, or a hub id (`org/name`, checked
+    when the run starts: cluster.models.resolve_model)."""
+    if path == "tiny" or (Path(path).expanduser() / "config.json").is_file() or is_hub_id(path):
+        return
+    what = "has no config.json" if Path(path).expanduser().is_dir() else "does not exist"
+    raise ValueError(
+        f"model folder {path!r} {what}; give an HF-format model folder (config.json, weights, processor), "
+        "a hub id such as Qwen/Qwen2.5-VL-3B-Instruct, or 'tiny'"
+    )
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_id(path: str) -> bool:
+    """`org/name` that is not a local path (a folder of that name wins)."""
+    return bool(_HUB_ID.fullmatch(path)) and not Path(path).exists()
 
 
 class SyntheticConfig(BaseModel):
@@ -84,6 +111,12 @@ class DataConfig(BaseModel):
         "set", description="SET instruction or the GRPO <think> baseline"
     )
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    allow_outside_paths: bool = Field(
+        False,
+        description="let a manifest name absolute image paths and paths outside its own folder (../x.jpg); "
+        "off, such rows are skipped as image_outside_root. Risk: a manifest can then make the service read "
+        "any file this user can read; turn on only for manifests you trust",
+    )  # fmt: skip
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     shuffle: bool = Field(True, description="reshuffle the training set every epoch (seeded)")
     replay_share: float = Field(
@@ -164,6 +197,11 @@ class ClusterConfig(BaseModel):
         False, description="in-training evaluation greedy instead of temperature 0.6 / top_p 0.95"
     )
     dump_rollouts: int = Field(8, ge=0, description="rollouts per iteration written to rollouts.jsonl")
+    max_unscorable_rate: float = Field(
+        0.25, ge=0, le=1,
+        description="stop the run (exit 1, resumable) when more than this share of an iteration's rollouts is "
+        "unscorable (a dead reward worker, a failing judge): training on the KL term alone is not training",
+    )  # fmt: skip
     weight_transport: Literal["object_store"] = Field(
         "object_store",
         description="how weights reach engines (object_store: Ray's object store, CPU and GPU)",
@@ -239,6 +277,12 @@ def cross_section_problems(cfg: RunConfig) -> list[str]:
             f"the workers request {cfg.cpus_requested:g} CPUs but the local Ray has cluster.num_cpus="
             f"{cfg.cluster.num_cpus:g}; lower *.num_workers / *.num_cpus_per_* or raise cluster.num_cpus"
         )
+    judge = cfg.reward.judge
+    if judge.mode == "frozen" and judge.model:
+        try:
+            check_model_path(judge.model)
+        except ValueError as err:
+            problems.append(f"reward.judge.model: {err}")
     if cfg.reward.total == "grpo" and cfg.data.prompt_style != "grpo":
         problems.append("reward.total=grpo scores the <think> format: set data.prompt_style=grpo too")
     return problems
@@ -294,7 +338,7 @@ _BOUND_WORDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
 
 def format_validation_error(err: ValidationError) -> str:
     """One line per problem: the field path, the rule, the value seen and what to set instead."""
-    lines = [f"invalid config ({err.error_count()} problem{'s' * (err.error_count() > 1)}):"]
+    lines = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         where = ".".join(loc)
@@ -307,8 +351,10 @@ def format_validation_error(err: ValidationError) -> str:
             msg = f"{msg} (got {e['input']!r})"
         if description := _field(loc).description if _field(loc) else None:
             msg += f"  [{where}: {description}]"
-        lines.append(f"  {where}: {msg}" if where else f"  {msg}")
-    return "\n".join(lines)
+        lines.append(f"{where}: {msg}" if where else msg)
+    if len(lines) == 1:
+        return f"invalid config: {lines[0]}"
+    return "\n  ".join([f"invalid config ({len(lines)} problems):", *lines])
 
 
 def _section(loc: tuple[str, ...]) -> type[BaseModel] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import sys
 from urllib.parse import urlparse
 
 from cluster.config import ConfigError, RunConfig
@@ -15,7 +16,10 @@ from cluster.paths import torch_extensions_dir
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "auto", ""}
+LOOPBACK = "127.0.0.1"
+LOOPBACK_NAMES = {"localhost", LOOPBACK, "::1", "auto", ""}
+# Read by Ray at import: "0" lets a local node keep its loopback address (keep_local_ray_on_loopback).
+LOCAL_RAY_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def worker_env(cfg: RunConfig, on_gpu: bool) -> dict[str, str]:
@@ -30,7 +34,7 @@ def worker_env(cfg: RunConfig, on_gpu: bool) -> dict[str, str]:
         threads = str(max(1, int(cfg.cluster.num_cpus)))
         env |= {
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads,
-            "DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "lo", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "lo", LOCAL_RAY_FLAG: "0",
         }  # fmt: skip
     return env
 
@@ -62,28 +66,63 @@ def check_address_is_safe(cfg: RunConfig) -> None:
     )
 
 
-def start_ray(cfg: RunConfig, on_gpu: bool, extra_env: dict[str, str] | None = None) -> None:
-    """Join the configured cluster, or start a local Ray bound to 127.0.0.1 without a dashboard.
+def keep_local_ray_on_loopback() -> None:
+    """Make a local Ray bind every listener to 127.0.0.1, whenever `ray` was imported.
+
+    Ray decides whether a node may use its loopback address once, when `ray` is first imported
+    (`ray._private.ray_constants.ENABLE_RAY_CLUSTER`, from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER); with it
+    on, a `127.0.0.1` node address is rewritten to the machine's external address and the GCS, the
+    raylet, the dashboard agent and every worker listen on all interfaces (STACK.md §6). Setting only
+    the environment variable is too late once anything imported ray, so the constant is set too; the
+    variable still reaches every process Ray starts.
+    """
+    os.environ[LOCAL_RAY_FLAG] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def start_ray(cfg: RunConfig, on_gpu: bool, extra_env: dict[str, str] | None = None) -> bool:
+    """Join the configured cluster, or start a local Ray bound to 127.0.0.1 without a dashboard; True
+    when this call connected (the caller then shuts Ray down when done).
 
     If Ray is already initialised in this process (a test session, a notebook), it is reused.
     """
+    check_address_is_safe(cfg)
+    address = ray_address(cfg)
+    if address is None:
+        keep_local_ray_on_loopback()  # before `import ray` below, and effective after an earlier one
     import ray
 
-    check_address_is_safe(cfg)
-    env = worker_env(cfg, on_gpu) | (extra_env or {})
     if ray.is_initialized():
-        return
-    address = ray_address(cfg)
-    if address is not None:  # actors get `env` through their own runtime env (cluster.pools.Placement)
+        return False
+    if address is not None:  # actors get `worker_env` through their own runtime env (cluster.pools.Placement)
         ray.init(address=address, log_to_driver=True)
-        return
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = (
-        "0"  # keep every Ray listener on 127.0.0.1 (STACK.md §6)
-    )
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        raise_on_sigterm()
+        return True
     os.environ.pop("RAY_ADDRESS", None)
     ray.init(
         num_cpus=cfg.cluster.num_cpus, num_gpus=0 if not on_gpu else None, include_dashboard=False,
-        _node_ip_address="127.0.0.1", runtime_env={"env_vars": env}, logging_level=logging.WARNING,
-        log_to_driver=cfg.cluster.worker_logs,
+        _node_ip_address=LOOPBACK, runtime_env={"env_vars": worker_env(cfg, on_gpu) | (extra_env or {})},
+        logging_level=logging.WARNING, log_to_driver=cfg.cluster.worker_logs,
     )  # fmt: skip
+    raise_on_sigterm()
+    return True
+
+
+def raise_on_sigterm() -> None:
+    """SIGTERM raises `cluster.stops.Stopped` in the main thread, so the command unwinds (actors killed,
+    Ray shut down) and exits 143. Ray's driver installs a C++ handler that aborts the process (exit 134,
+    no cleanup, actors orphaned until Ray notices); this one replaces it. `emo-r3 train` installs a
+    gentler one for its loop (cluster.stops.StopSignal)."""
+    import signal
+    import threading
+
+    from cluster.stops import Stopped
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)

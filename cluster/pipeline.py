@@ -14,19 +14,21 @@ from pathlib import Path
 
 from cluster.config import RunConfig
 from cluster.metrics import read_metrics
-from cluster.rundir import run_dir
+from cluster.rundir import run_path
 
 RATES = ("accuracy", "format_rate", "parse_failure_rate")
 CURVE_REWARDS = ("accuracy", "format", "coherence", "consistency", "score")
 
 
 def run_pipeline(cfg: RunConfig) -> int:
+    from cluster.checkpoints import latest_checkpoint
     from cluster.launch import check_address_is_safe
     from cluster.sft import run_sft
-    from cluster.train import CHECKPOINTS, run_train
+    from cluster.train import run_train
 
     check_address_is_safe(cfg)  # before the run folder
-    run = run_dir(cfg)
+    run = run_path(cfg)  # `train` writes the run's config.yaml: the RL stage's, which a rerun resumes
+    run.mkdir(parents=True, exist_ok=True)
     # RL writes into the same folder: the name relative to output_dir (a nested name keeps its parents)
     name = run.relative_to(Path(cfg.cluster.output_dir).expanduser()).as_posix()
     cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"run_name": name})})
@@ -36,7 +38,7 @@ def run_pipeline(cfg: RunConfig) -> int:
         if status:
             return status
     rl = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(sft_out)})})
-    status = run_train(rl, resume=(run / CHECKPOINTS).is_dir())
+    status = run_train(rl, resume=latest_checkpoint(run) is not None)
     if status:
         return status
     records = read_metrics(run)

@@ -31,9 +31,10 @@ def rendezvous_address(node_ips: Sequence[str], first_node_port: int) -> tuple[s
 
 @ray.remote(num_cpus=0)
 def _node_ip_and_free_port() -> tuple[str, int]:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return ray.util.get_node_ip_address(), s.getsockname()[1]
+    address = ray.util.get_node_ip_address()
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        s.bind((address, 0))
+        return address, s.getsockname()[1]
 
 
 def wait_all(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:

@@ -4,9 +4,10 @@ generation. The chunk size trades that overlap for generation speed: by default 
 None) every rollout worker gets one call with its share of the prompts, the fastest way to generate
 (one 16-prompt call is 1.5x faster than four 4-prompt calls on the CPU default: README, Benchmarks).
 
-Deadlines: a generation chunk that misses `generate_timeout_s` fails the iteration with the worker
-named (the batch cannot be trained short); a scoring call that raises or misses `reward.timeout_s`
-makes its rollouts unscorable (masked and counted), never a silent 0.
+Deadlines: a generation chunk that misses `generate_timeout_s` fails the iteration (the batch cannot
+be trained short); a scoring call that raises or misses `reward.timeout_s` makes its rollouts
+unscorable (masked and counted), never a silent 0: it is cancelled, the reward worker gives up on it
+past the same deadline, and a result that arrives late is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ray
 from actors.types import Group, PromptRequest
 from cluster.data.sample import Sample
 from cluster.pools import DeadlineExceeded
+from cluster.stops import NEVER, StopSignal
 from cluster.workers import RewardPool, RolloutPool
 from learner.batch import split
 from rewards.scoring import RolloutScore, ScoreItem
@@ -38,6 +40,7 @@ class IterationRollouts:
     generate_s: float = 0.0  # wall time until the last group was generated
     reward_tail_s: float = 0.0  # wall time from the last generated group to the last score
     reward_failures: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # of the phase's extra rounds (resampling)
 
 
 @dataclass
@@ -48,8 +51,12 @@ class _Pending:
 
 def generate_and_score(
     batch: Sequence[Sample], requests: Sequence[PromptRequest], rollout: RolloutPool, reward: RewardPool,
-    version: int, *, chunk_size: int, generate_timeout_s: float, reward_timeout_s: float,
+    version: int, *, chunk_size: int, generate_timeout_s: float, reward_timeout_s: float, stop: StopSignal = NEVER,
 ) -> IterationRollouts:  # fmt: skip
+    """Every request's group, scored. Past `reward_timeout_s` a scoring call is cancelled and its
+    rollouts are unscorable, and a result that arrives after its deadline is refused; a generation
+    chunk past `generate_timeout_s`, a dead rollout worker or a stop request raises, after cancelling
+    every call still out."""
     start = time.perf_counter()
     size = chunk_size or max(1, -(-len(requests) // len(rollout.actors)))
     generating = {
@@ -59,24 +66,32 @@ def generate_and_score(
     scoring: dict[ray.ObjectRef, tuple[list[ScoredGroup], float]] = {}
     done: list[ScoredGroup] = []
     result = IterationRollouts([])
-    while generating or scoring:
-        ready, _ = ray.wait([*generating, *scoring], num_returns=1, timeout=1.0)
-        now = time.perf_counter()
-        for ref in ready:
-            if ref in generating:
-                pending = generating.pop(ref)
-                groups = [
-                    ScoredGroup(batch[i], g, []) for i, g in zip(pending.chunk, ray.get(ref), strict=True)
-                ]
-                for part in split(groups, min(len(groups), len(reward.actors))):  # every reward worker busy
-                    scoring[reward.submit_score([_item(sg) for sg in part], version)] = (part, now)
-                if not generating:
-                    result.generate_s = now - start
-            else:
-                groups, _ = scoring.pop(ref)
-                done += _attach(groups, ref, result)
-        _check_generation_deadline(generating, now, generate_timeout_s)
-        done += _expire_scoring(scoring, now, reward_timeout_s, result)
+    try:
+        while generating or scoring:
+            stop.check()
+            ready, _ = ray.wait([*generating, *scoring], num_returns=1, timeout=1.0)
+            now = time.perf_counter()
+            for ref in ready:
+                if ref in generating:
+                    pending = generating.pop(ref)
+                    groups = [
+                        ScoredGroup(batch[i], g, []) for i, g in zip(pending.chunk, ray.get(ref), strict=True)
+                    ]
+                    for part in split(
+                        groups, min(len(groups), len(reward.actors))
+                    ):  # every reward worker busy
+                        scoring[reward.submit_score([_item(sg) for sg in part], version, reward_timeout_s)] = (
+                            part, now
+                        )  # fmt: skip
+                    if not generating:
+                        result.generate_s = now - start
+                elif now - scoring[ref][1] <= reward_timeout_s:
+                    done += _attach(scoring.pop(ref)[0], ref, result)
+            _check_generation_deadline(generating, now, generate_timeout_s)
+            done += _expire_scoring(scoring, now, reward_timeout_s, result)
+    except BaseException:
+        _cancel([*generating, *scoring])
+        raise
     result.reward_tail_s = time.perf_counter() - start - result.generate_s
     result.groups = sorted(done, key=lambda sg: sg.group.group_id)
     return result
@@ -99,7 +114,7 @@ def all_wrong(sg: ScoredGroup) -> bool:
 def resample_all_wrong(
     batch: Sequence[Sample], requests: Sequence[PromptRequest], rollouts: IterationRollouts, rollout: RolloutPool,
     reward: RewardPool, version: int, *, rounds: int, chunk_size: int | None, generate_timeout_s: float,
-    reward_timeout_s: float,
+    reward_timeout_s: float, stop: StopSignal = NEVER,
 ) -> dict[str, float]:  # fmt: skip
     """Give each all-wrong group up to `rounds` more groups of G from the same policy (new seeds).
 
@@ -121,7 +136,7 @@ def resample_all_wrong(
             [batch[position[gid]] for gid in todo],
             [_reseeded(requests[position[gid]], round_) for gid in todo],
             rollout, reward, version, chunk_size=chunk_size, generate_timeout_s=generate_timeout_s,
-            reward_timeout_s=reward_timeout_s,
+            reward_timeout_s=reward_timeout_s, stop=stop,
         )  # fmt: skip
         rollouts.reward_failures += again.reward_failures
         for sg in again.groups:
@@ -177,13 +192,24 @@ def _check_generation_deadline(generating: dict, now: float, timeout_s: float) -
         )
 
 
+def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
+    """Cancel calls whose results will not be used. Ray drops a call that has not reached its actor;
+    one already queued or running in a (synchronous) actor is not interrupted by Ray: the reward
+    worker refuses a call that starts past its deadline (rewards.worker.refuse_if_expired), so a stuck
+    worker does not work through a backlog nobody will read."""
+    for ref in refs:
+        ray.cancel(ref)
+
+
 def _expire_scoring(
     scoring: dict, now: float, timeout_s: float, result: IterationRollouts
 ) -> list[ScoredGroup]:
+    """Scoring calls past their deadline (a ready one included): cancelled, their rollouts unscorable."""
     expired = []
     for ref, (groups, submitted) in list(scoring.items()):
         if now - submitted > timeout_s:
             del scoring[ref]
+            _cancel([ref])
             result.reward_failures.append(f"scoring exceeded reward.timeout_s={timeout_s:g} s")
             for sg in groups:
                 sg.scores = [

@@ -1,31 +1,42 @@
-"""The training cluster of one run: Ray, one placement group, and the three typed pools.
+"""The training cluster of one run: Ray, one placement group, the three typed pools, and the phases
+of an iteration as calls on them, each with its deadline from the config.
 
     with TrainingCluster(cfg, model_path) as tc:
-        rollouts = tc.generate_and_score(batch, version)
-        ...
+        rollouts = tc.generate_and_score(batch, iteration, version)
+        metrics = tc.train(rollouts)
+        tc.push(version + 1)
 
-Leaving the block kills every actor and releases the placement group, also on errors.
+Leaving the block kills every actor and releases the placement group, also on errors; a Ray this
+cluster started is shut down with it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 
 import ray
 
 from actors.engine import EngineSettings
 from actors.rollout import RolloutWorker
+from cluster.batches import train_shards
 from cluster.config import RunConfig
 from cluster.data.images import load_image
+from cluster.data.sample import Sample
 from cluster.datasets import image_policy
 from cluster.launch import start_ray, worker_env
 from cluster.models import resolve_model
-from cluster.pools import Placement, Role, wait_all
-from cluster.sample import engine_settings, reward_rules, rollout_sampling
+from cluster.pools import DeadlineExceeded, Placement, Role, wait_all
+from cluster.rollouts import IterationRollouts, generate_and_score, resample_all_wrong
+from cluster.sample import engine_settings, prompt_request, reward_rules, rollout_sampling
+from cluster.stops import NEVER, RunFailed, StopSignal
 from cluster.transport import make_transport
 from cluster.workers import LearnerGroup, Receivers, RewardPool, RolloutPool, learner_rank_args
 from learner.batch import micro_batches_per_step
-from learner.rank import LearnerRank
+from learner.rank import LearnerRank, combine_rank_metrics
 from rewards.worker import RewardWorker
 
 
@@ -36,6 +47,16 @@ def roles(cfg: RunConfig) -> list[Role]:
         Role("reward", w.num_workers, w.num_cpus_per_worker, w.num_gpus_per_worker),
         Role("learner", lr.num_ranks, lr.num_cpus_per_rank, lr.num_gpus_per_rank),
     ]
+
+
+def rollout_seed(run_seed: int, iteration: int, index: int) -> int:
+    """The sampling seed of the `index`-th prompt of `iteration` (a resampling round adds its stride)."""
+    return (run_seed * 1_000_003 + iteration) * 10_007 + index
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return re.sub(r"\s+", " ", lines[0])[:300] if lines else type(err).__name__
 
 
 def judge_settings(cfg: RunConfig, model_path: str) -> EngineSettings:
@@ -53,7 +74,7 @@ class TrainingCluster:
         (default: `model_path`)."""
         self.cfg = cfg
         self.on_gpu = any(role.num_gpus > 0 for role in roles(cfg))
-        start_ray(cfg, self.on_gpu)
+        self.owns_ray = start_ray(cfg, self.on_gpu)
         self.placement = Placement(roles(cfg), cfg.cluster.startup_timeout_s, worker_env(cfg, self.on_gpu))
         loader = partial(load_image, policy=image_policy(cfg.data))
         settings = engine_settings(cfg, model_path)
@@ -93,10 +114,78 @@ class TrainingCluster:
         judges = self.reward.actors if self.reward.follows_policy and self.cfg.reward.reflection else []
         return Receivers(self.rollout.actors + judges)
 
+    # ---- the phases of an iteration -------------------------------------------------------------
+
+    def generate_and_score(
+        self, batch: Sequence[Sample], iteration: int, version: int, stop: StopSignal = NEVER
+    ) -> IterationRollouts:
+        """G rollouts of every prompt from policy `version`, scored (cluster.rollouts), all-wrong groups
+        resampled (`rollout.resample_all_wrong` rounds); every rollout checked to be of `version`."""
+        cfg = self.cfg
+        requests = [
+            prompt_request(s, i, cfg.data.prompt_style, rollout_seed(cfg.cluster.seed, iteration, i))
+            for i, s in enumerate(batch)
+        ]
+        deadlines = {
+            "chunk_size": cfg.rollout.chunk_size, "generate_timeout_s": cfg.cluster.generate_timeout_s,
+            "reward_timeout_s": cfg.reward.timeout_s, "stop": stop,
+        }  # fmt: skip
+        rollouts = generate_and_score(batch, requests, self.rollout, self.reward, version, **deadlines)
+        if rounds := cfg.rollout.resample_all_wrong:
+            rollouts.metrics |= resample_all_wrong(
+                batch, requests, rollouts, self.rollout, self.reward, version, rounds=rounds, **deadlines
+            )
+        seen = {sg.group.policy_version for sg in rollouts.groups}
+        if seen != {version}:  # synchronous mode: one version per iteration
+            raise RuntimeError(
+                f"rollouts from policy versions {sorted(seen)} in an iteration at version {version}"
+            )
+        return rollouts
+
+    def train(self, rollouts: IterationRollouts) -> dict[str, float]:
+        """The iteration's optimizer updates on every learner rank; advantage and `train/` metrics."""
+        shards, num_tokens, adv_metrics = train_shards(rollouts, self.cfg.learner)
+        per_rank = self.learner.train(shards, num_tokens, self.cfg.cluster.train_timeout_s)
+        return adv_metrics | {f"train/{k}": v for k, v in combine_rank_metrics(per_rank).items()}
+
+    def push(self, version: int) -> dict[str, float]:
+        """Every engine that follows the policy moves to the learner's weights as `version`."""
+        return self.transport.push(version)
+
+    def save(self, out_dir: str | Path, optimizer: bool) -> None:
+        """A checkpoint of the learner's policy (and every rank's optimizer state) in `out_dir`."""
+        self.learner.save(str(out_dir), self.cfg.cluster.train_timeout_s, optimizer=optimizer)
+
+    # ---- failures ------------------------------------------------------------------------------
+
+    def actor_names(self) -> dict[str, str]:
+        """Ray actor id (hex) → what it is in this run ("rollout worker 1")."""
+        pools = [("rollout worker", self.rollout.actors), ("reward worker", self.reward.actors),
+                 ("learner rank", self.learner.ranks)]  # fmt: skip
+        return {
+            actor._actor_id.hex(): f"{kind} {i}" for kind, actors in pools for i, actor in enumerate(actors)
+        }
+
+    @contextmanager
+    def failures_named(self) -> Iterator[None]:
+        """Turn a dead actor, an error raised inside one, or a missed deadline into `RunFailed`, one line
+        naming the worker."""
+        try:
+            yield
+        except ray.exceptions.RayActorError as err:
+            who = self.actor_names().get(getattr(err, "actor_id", None) or "", "a worker")
+            raise RunFailed(f"{who} died ({_first_line(err)}); resume with --resume") from None
+        except ray.exceptions.RayTaskError as err:
+            raise RunFailed(f"a worker raised {type(err.cause).__name__}: {_first_line(err.cause)}") from None
+        except DeadlineExceeded as err:
+            raise RunFailed(str(err)) from None
+
     def close(self) -> None:
         for actor in self.rollout.actors + self.reward.actors + self.learner.ranks:
             ray.kill(actor)
         self.placement.release()
+        if self.owns_ray:
+            ray.shutdown()
 
     def __enter__(self) -> TrainingCluster:
         return self

@@ -7,6 +7,7 @@ blocking method waits with a deadline (cluster.pools.wait_all).
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,9 +69,11 @@ class RewardPool:
         self.follows_policy = follows_policy
         self._next = itertools.cycle(range(len(actors)))
 
-    def submit_score(self, items: Sequence[ScoreItem], version: int) -> ray.ObjectRef:
+    def submit_score(self, items: Sequence[ScoreItem], version: int, timeout_s: float) -> ray.ObjectRef:
+        """Score `items` on the next worker, which gives up on them `timeout_s` from now."""
         expected = version if self.follows_policy else None
-        return self.actors[next(self._next)].score.remote(list(items), expected)
+        deadline = time.time() + timeout_s  # wall clock: the worker may be on another node
+        return self.actors[next(self._next)].score.remote(list(items), expected, deadline)
 
     def versions(self, timeout_s: float) -> list[int | None]:
         return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "judge versions")

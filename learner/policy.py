@@ -96,7 +96,8 @@ class Policy:
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         if self.device.type == "cpu":
             skip_shm_comm_op()
-        deepspeed.init_distributed(
+        join_process_group(backend, rank, world_size, COLLECTIVE_TIMEOUT)
+        deepspeed.init_distributed(  # adopts the group joined above
             dist_backend=backend, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
         )
         self.ds_config = deepspeed_config(cfg, world_size, total_micro_batches_per_step)
@@ -405,6 +406,30 @@ def _combine(totals: dict[str, float], metrics: dict[str, float]) -> dict[str, f
         reduce = max if name in MAX_REDUCED_METRICS else operator.add
         out[name] = reduce(out[name], value) if name in out else value
     return out
+
+
+def join_process_group(backend: str, rank: int, world_size: int, timeout: timedelta) -> None:
+    """Join torch.distributed's default group through a store that listens on MASTER_ADDR only.
+
+    torch's own rendezvous (`env://`) makes rank 0's TCPStore listen on every interface, without
+    authentication. Here rank 0 binds the store's socket to the rendezvous address itself: loopback
+    when every rank shares a node (cluster.pools.rendezvous_address), else rank 0's node address.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    listen_fd = None
+    if rank == 0:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        listen_fd = socket.create_server((address, port), family=family).detach()
+    store = dist.TCPStore(
+        address, port, world_size, is_master=rank == 0, timeout=timeout, master_listen_fd=listen_fd
+    )
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 
 def skip_shm_comm_op() -> None:

@@ -8,6 +8,7 @@ cluster layer makes it a Ray actor.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,16 @@ from rewards.config import RewardConfig
 from rewards.judge import EngineJudge
 from rewards.rules import RewardRules
 from rewards.scoring import RolloutScore, ScoreItem, score_items
+
+
+class ScoringExpired(TimeoutError):
+    """A scoring call that reached the worker after its deadline."""
+
+
+def refuse_if_expired(deadline: float | None) -> None:
+    """Raise ScoringExpired when a call starts after its wall-clock `deadline` (None: no deadline)."""
+    if deadline is not None and (late := time.time() - deadline) > 0:
+        raise ScoringExpired(f"scoring call started {late:.1f} s past its deadline")
 
 
 class RewardWorker:
@@ -40,9 +51,15 @@ class RewardWorker:
         self.follows_policy = cfg.judge.mode == "policy"
 
     def score(
-        self, items: Sequence[ScoreItem], expected_version: int | None = None
+        self, items: Sequence[ScoreItem], expected_version: int | None = None, deadline: float | None = None
     ) -> list[list[RolloutScore]]:
-        """Score groups; in policy mode the judge must hold the version that produced them."""
+        """Score groups; in policy mode the judge must hold the version that produced them.
+
+        `deadline` (wall-clock `time.time()`): the caller stops waiting then and cancels the call; a
+        call that only starts after it (it queued behind a slow one) is refused at once instead of
+        holding the worker for a result nobody will read.
+        """
+        refuse_if_expired(deadline)
         judge_version = self.judge.engine.version if self.judge and self.follows_policy else expected_version
         if expected_version is not None and judge_version != expected_version:
             raise RuntimeError(

@@ -78,3 +78,47 @@ def test_sample_runs_the_pipeline_on_the_embedded_default(tmp_path):
         assert {"accuracy", "format", "coherence", "consistency", "score"} <= row.keys()
         assert row["coherence_reflection"] is not None and row["consistency_reflection"] is not None
     assert (tmp_path / "s" / "config.yaml").is_file()
+
+
+def _one_clear_line(proc: subprocess.CompletedProcess) -> str:
+    """A refusal: exit 2, no traceback, one `emo-r3:` line naming what to change."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("emo-r3:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+def test_a_model_path_that_does_not_exist_is_refused_before_anything_starts(tmp_path):
+    line = _one_clear_line(
+        emo_r3(
+            "train", f"model.path={tmp_path / 'nowhere' / 'model'}", f"cluster.output_dir={tmp_path / 'runs'}"
+        )
+    )
+    assert "model.path" in line and "does not exist" in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("data", ["empty", "image"])
+def test_training_on_unusable_data_is_one_line_and_leaves_no_run_folder(tmp_path, data):
+    if data == "empty":
+        source = tmp_path / "train.jsonl"
+        source.write_text("\n")
+    else:
+        source = tmp_path / "cat.png"
+        Image.new("RGB", (64, 64)).save(source)
+    line = _one_clear_line(
+        emo_r3(
+            "train", f"data.train={source}", f"cluster.output_dir={tmp_path / 'runs'}", "cluster.run_name=r"
+        )
+    )
+    assert "data.train" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_of_a_run_without_checkpoints_is_refused(tmp_path):
+    line = _one_clear_line(
+        emo_r3("train", "--resume", f"cluster.output_dir={tmp_path}", "cluster.run_name=nothing-here")
+    )
+    assert "no complete checkpoint" in line and "drop --resume" in line
+    assert not (tmp_path / "nothing-here").exists()

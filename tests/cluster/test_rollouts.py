@@ -5,6 +5,7 @@ The real workers are covered by the end-to-end test; these check deadlines and f
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -14,9 +15,11 @@ from actors.types import Completion, Group, PromptRequest
 from cluster.data.sample import Sample
 from cluster.pools import DeadlineExceeded
 from cluster.rollouts import ROUND_SEED_STRIDE, generate_and_score, resample_all_wrong
+from cluster.stops import Stopped, StopSignal
 from cluster.workers import RewardPool, RolloutPool
 from rewards.rules import RewardRules
-from rewards.scoring import score_items
+from rewards.scoring import ScoreItem, score_items
+from rewards.worker import refuse_if_expired
 
 LABELS = ("fear", "joy")
 
@@ -40,16 +43,18 @@ class FakeRollout:
 
 
 class FakeReward:
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, hang_s: float = 60.0):
         self.mode = mode
+        self.hang_s = hang_s
         self.items: list[int] = []
 
-    def score(self, items, expected_version):
+    def score(self, items, expected_version, deadline=None):
+        refuse_if_expired(deadline)  # as the real worker does
         self.items.append(len(items))
         if self.mode == "raise":
             raise RuntimeError("judge engine died")
         if self.mode == "hang":
-            time.sleep(60)
+            time.sleep(self.hang_s)
         return score_items(items, None, RewardRules())
 
     def scored(self):
@@ -96,6 +101,41 @@ def test_a_reward_worker_past_its_deadline_yields_unscorable_rollouts_without_ha
     assert time.perf_counter() - start < 30  # the hanging worker sleeps 60 s: the deadline cut it short
     assert all(s.rewards is None and "deadline" in s.error for sg in result.groups for s in sg.scores)
     assert result.reward_failures and "reward.timeout_s=2" in result.reward_failures[0]
+
+
+def test_expired_scoring_calls_are_cancelled_so_a_stuck_worker_runs_no_backlog(local_ray):
+    # two scoring calls queue on one worker whose first call hangs past the deadline: the second
+    # expires while queued, and when it reaches the worker it is refused before any work
+    reward = ray.remote(FakeReward).remote("hang", hang_s=6.0)
+    result = _run(ray.remote(FakeRollout).remote(), reward, reward_timeout_s=2.0, chunk_size=2, prompts=4)
+    assert all(s.rewards is None for sg in result.groups for s in sg.scores)
+    assert ray.get(reward.scored.remote(), timeout=60) == [2]  # the first call only
+
+
+def test_a_stop_request_cancels_every_outstanding_call_and_raises(local_ray):
+    stop = StopSignal()
+    stop.signum = signal.SIGTERM  # as the handler sets it on the first signal
+    rollout = ray.remote(FakeRollout).remote(30.0)
+    batch = [Sample("s0", "img.png", "q", LABELS, "fear")]
+    start = time.perf_counter()
+    with pytest.raises(Stopped):
+        generate_and_score(
+            batch, [PromptRequest(0, "q", "img.png")], RolloutPool([rollout]),
+            RewardPool([ray.remote(FakeReward).remote("ok")], follows_policy=True), 0, chunk_size=1,
+            generate_timeout_s=60.0, reward_timeout_s=60.0, stop=stop,
+        )  # fmt: skip
+    assert time.perf_counter() - start < 20  # did not wait for the 30 s generate call
+
+
+def test_a_reward_worker_refuses_a_call_that_starts_after_its_deadline():
+    from rewards.config import RewardConfig
+    from rewards.worker import RewardWorker, ScoringExpired
+
+    worker = RewardWorker(RewardConfig(reflection=False), RewardRules(), None, lambda ref: ref)
+    item = ScoreItem(FakeRollout().generate([PromptRequest(0, "q", None)])[0], "fear", LABELS, None)
+    assert worker.score([item], None, deadline=time.time() + 60)[0][0].rewards.accuracy == 1.0
+    with pytest.raises(ScoringExpired):
+        worker.score([item], None, deadline=time.time() - 1)
 
 
 def test_a_stuck_rollout_worker_is_a_clear_error(local_ray):

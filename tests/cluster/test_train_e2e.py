@@ -20,8 +20,9 @@ from cluster.metrics import MetricsLog
 from cluster.replay import ReplayBuffer
 from cluster.sample import engine_settings, prompt_request
 from cluster.session import TrainingCluster
+from cluster.stops import NEVER, RunFailed
 from cluster.stream import PromptStream
-from cluster.train import latest_checkpoint, next_batch, train_loop
+from cluster.train import RunState, _train_or_save, latest_checkpoint, next_batch, train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +52,15 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
     model_path = str(random_init_tiny_model)
     samples = load_samples(cfg.data.train, cfg.data).samples
     probe = [prompt_request(s, i, "set", seed=i) for i, s in enumerate(samples[:3])]
+    metrics_log = MetricsLog(run, tensorboard=True)
     with TrainingCluster(cfg, model_path) as tc:
         before = _greedy(tc.rollout.actors[0], probe)
-        stream = PromptStream(samples, cfg.cluster.prompts_per_iteration, seed=0)
-        history = train_loop(cfg, tc, stream, run, 0, MetricsLog(run, tensorboard=True), lambda *_: None)
+        state = RunState.fresh(cfg, samples)
+        history = train_loop(cfg, tc, state, run, metrics_log, lambda *_: None)
         assert tc.rollout.versions(60) == [2, 2]
         assert tc.reward.versions(60) == [2]  # the policy-mode judge follows the policy
         after = [_greedy(actor, probe) for actor in tc.rollout.actors]
+        _lose_workers_mid_run(cfg, tc, state, run, metrics_log)
 
     assert after[0] == after[1]  # both engines hold the same weights
     assert after[0] != before  # the push really changed what the engines generate
@@ -75,15 +78,14 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
         assert "reflection/consistency_yes_rate" in metrics
     assert [
         json.loads(line)["policy_version"] for line in (run / "metrics.jsonl").read_text().splitlines()
-    ] == [1, 2, 2]
+    ] == [1, 2, 2, 3]  # iteration 2 of the run that then lost its workers
     dumped = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert dumped and all(
         d["rewards"] is not None and d["consistency_reflection"] is not None for d in dumped
     )
 
     # A fresh engine loaded from the saved checkpoint generates what the synced engines generate.
-    checkpoint = latest_checkpoint(run)
-    assert checkpoint is not None and checkpoint.name == "iter_000002"
+    checkpoint = run / "checkpoints" / "iter_000002"
     loader = partial(load_image, policy=image_policy(cfg.data))
     fresh = (
         ray.remote(RolloutWorker)
@@ -92,6 +94,27 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
     )
     assert _greedy(fresh, probe) == after[0]
     ray.kill(fresh)
+
+
+def _lose_workers_mid_run(cfg, tc, state, run, metrics_log):
+    """Real actors die mid-run: the run stops with a line naming what failed, never trains on the KL
+    term alone, and saves the last exact point it reached (unless the latest checkpoint is that point)."""
+    more = cfg.model_copy(
+        update={"cluster": cfg.cluster.model_copy(update={"iterations": 4, "eval_every": 0})}
+    )
+    trained = []
+
+    def kill_the_reward_worker_after_an_iteration(iteration, metrics):
+        trained.append(iteration)
+        ray.kill(tc.reward.actors[0])
+
+    with pytest.raises(RunFailed, match=r"iteration 3: 100% of 16 rollouts unscorable"), tc.failures_named():
+        _train_or_save(more, tc, state, run, metrics_log, kill_the_reward_worker_after_an_iteration, NEVER)
+    assert trained == [2]  # iteration 3 was not trained on the KL term alone
+    assert latest_checkpoint(run).name == "iter_000003"  # saved on the way out: nothing finished is lost
+    ray.kill(tc.rollout.actors[1])
+    with pytest.raises(RunFailed, match="rollout worker 1 died"), tc.failures_named():
+        _train_or_save(more, tc, state, run, metrics_log, lambda *_: None, NEVER)
 
 
 def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local, tmp_path, capsys):
