@@ -14,7 +14,6 @@
 #   3. DeepSpeed built without build isolation (its setup.py imports torch; isolation would fetch a CUDA torch)
 #   4. remove CUDA-only torchaudio / torchcodec (they break `import vllm`) and triton (no CPU backend, 1 GB)
 #   5. the torchvision import shim (.pth) so the CUDA torchvision wheel imports beside torch+cpu
-#   6. warm DeepSpeed's JIT op cache inside the repo, so the first training run does not compile
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${EMO_R3_VENV:-$ROOT/.venv}
