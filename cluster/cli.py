@@ -39,7 +39,12 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from cluster.datasets import check_command
 
-    return check_command(args.path, label_set=args.label_set, workers=args.workers)
+    return check_command(
+        args.path,
+        label_set=args.label_set,
+        workers=args.workers,
+        allow_outside_paths=args.allow_outside_paths,
+    )
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -74,7 +79,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     rules = RewardRules(
         total=args.weights, strict_yes_no=args.strict_yes_no, strict_label_match=args.strict_label
     )
-    summary = rescore_jsonl(args.input, args.output, rules)
+    try:
+        summary = rescore_jsonl(args.input, args.output, rules)
+    except ValueError as err:  # the output would overwrite the input
+        raise ConfigError(str(err)) from None
     print(format_summary(summary))
     return 0 if summary.n_scored else 1
 
@@ -160,6 +168,10 @@ def _add_data_commands(sub) -> None:
         "--label-set", choices=["emoset", "emotion6", "webemo"], help="for manifests without labels"
     )
     check.add_argument("--workers", type=int, default=8, help="image decoding threads")
+    check.add_argument(
+        "--allow-outside-paths", action="store_true",
+        help="accept absolute image paths and paths outside the manifest's folder (data.allow_outside_paths)",
+    )  # fmt: skip
     check.set_defaults(func=cmd_data_check)
     synth = data.add_parser("synth", help="generate the synthetic affective-scene data set")
     synth.add_argument("out", help="output folder")

@@ -56,26 +56,39 @@ def read_samples(source: str, cfg: DataConfig) -> LoadResult:
     """The source's rows as samples, without opening their images (load_samples checks those)."""
     from cluster.data.manifest import load_dataset
 
-    return load_dataset(resolve_source(source, cfg), label_set=cfg.label_set, columns=columns(cfg))
+    return load_dataset(
+        resolve_source(source, cfg), label_set=cfg.label_set, columns=columns(cfg),
+        allow_outside_paths=cfg.allow_outside_paths,
+    )  # fmt: skip
 
 
 def load_samples(source: str, cfg: DataConfig, *, workers: int | None = None) -> LoadResult:
-    """Load a source and decode every image once: good samples, skipped ones counted by reason."""
+    """Load a source and decode every image once: good samples, skipped ones counted by reason.
+
+    The loader's hints (which setting would fix a kind of skip) are printed and kept in the result.
+    """
     from cluster.data.manifest import validate_samples
 
     loaded = read_samples(source, cfg)
+    for hint in loaded.hints:
+        print(f"data: {source}: {hint}")
     checked = validate_samples(loaded.samples, image_policy(cfg), workers=workers)
     checked.skipped.update(loaded.skipped)
     checked.errors[:0] = loaded.errors
+    checked.hints[:0] = loaded.hints
     return checked
 
 
-def check_command(path: str, *, label_set: str | None, workers: int) -> int:
+def check_command(
+    path: str, *, label_set: str | None, workers: int, allow_outside_paths: bool = False
+) -> int:
     """`emo-r3 data check`: print the report; exit 1 only when nothing usable is left."""
     from cluster.data.check import check_dataset, format_report
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{path!r} does not exist")
-    report = check_dataset(path, label_set=label_set, workers=workers)
+    report = check_dataset(
+        path, label_set=label_set, workers=workers, allow_outside_paths=allow_outside_paths
+    )
     print(format_report(report))
     return 0 if report.ok else 1

@@ -221,7 +221,7 @@ def load_training_set(cfg: RunConfig) -> LoadResult:
         skipped = (
             ", ".join(f"{n} {reason}" for reason, n in loaded.skipped.most_common()) or "it holds no rows"
         )
-        hint = f"; {loaded.hint}" if getattr(loaded, "hint", None) else ""
+        hint = "".join(f"; {h}" for h in loaded.hints)
         raise ConfigError(f"data.train={cfg.data.train!r} has no usable sample ({skipped}){hint}")
     return loaded
 

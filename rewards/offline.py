@@ -9,16 +9,21 @@ Output: every scorable input object, in input order, plus `overall` (the score),
 `format`, `coherence` and `consistency` (existing keys of those names are overwritten). Blank lines
 are skipped silently; malformed lines are skipped and reported with their 1-based line number.
 Output is pure ASCII JSON (non-ASCII characters as `\\uXXXX` escapes, so every reader splits lines
-alike). Both files are streamed line by line. Pure: stdlib only.
+alike). Both files are streamed line by line. The output is written to a temporary file next to it
+and moved into place at the end, so an error mid-way leaves an existing output as it was; the output
+may not be the input file (a path, symlink or hard link to it). Pure: stdlib only.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 from rewards.prompts import LABEL_SETS
 from rewards.rules import RewardBreakdown, RewardRules, score_response
@@ -108,12 +113,15 @@ def rescore_jsonl(
     rules: RewardRules,
     default_labels: Sequence[str] = LABEL_SETS["emoset"],
 ) -> RescoreSummary:
-    """Rescore every rollout of `input_path` into `output_path` (format in the module docstring)."""
+    """Rescore every rollout of `input_path` into `output_path` (format in the module docstring).
+
+    Raises ValueError when both name the same file, before anything is written.
+    """
+    _check_distinct(Path(input_path), Path(output_path))
     sums = dict.fromkeys(COMPONENTS, 0.0)
     skipped: list[tuple[int, str]] = []
     n_scored = 0
-    # ASCII output: no non-ASCII line breaks (U+0085, U+2028) or lone surrogates reach the file.
-    with open(input_path, "rb") as source, open(output_path, "w", encoding="ascii") as sink:
+    with open(input_path, "rb") as source, _replacing(Path(output_path)) as sink:
         for line_number, record, reason in _read_records(source):
             if record is None:
                 skipped.append((line_number, reason))
@@ -134,6 +142,41 @@ def rescore_jsonl(
         mean_coherence=mean["coherence"],
         mean_consistency=mean["consistency"],
     )
+
+
+def _check_distinct(input_path: Path, output_path: Path) -> None:
+    """ValueError when `output_path` is `input_path` under another name (resolved path, symlink, hard link)."""
+    same = input_path.resolve() == output_path.resolve()
+    if not same and input_path.exists() and output_path.exists():
+        same = os.path.samefile(input_path, output_path)
+    if same:
+        raise ValueError(
+            f"output {str(output_path)!r} is the input file {str(input_path)!r}: rescoring in place would "
+            "destroy the input; choose another output path"
+        )
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[TextIO]:
+    """A new ASCII text file that replaces `path` (through a symlink: its target) when the block ends.
+
+    It is written as a temporary file in the same folder and moved over `path` with `os.replace`; on
+    an error the temporary file is removed and `path` is left as it was. ASCII: no non-ASCII line
+    breaks (U+0085, U+2028) or lone surrogates reach the file.
+    """
+    target = Path(os.path.realpath(path))
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # O_EXCL: never write through a file that is already there; mode 0o666 less the umask, as open() does
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, "w", encoding="ascii") as sink:
+            yield sink
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _as_columns(result: RewardBreakdown) -> dict[str, float]:

@@ -14,7 +14,8 @@ from .sample import Sample
 
 @dataclass
 class CheckReport:
-    """Counts of one dataset check. `examples` maps a skip reason to up to N locations."""
+    """Counts of one dataset check. `examples` maps a skip reason to up to N locations; `hints` say
+    which setting would fix a kind of skip (`LoadResult.hints`)."""
 
     path: str
     n_good: int = 0
@@ -22,6 +23,7 @@ class CheckReport:
     labels: tuple[str, ...] = ()
     skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    hints: list[str] = field(default_factory=list)
 
     @property
     def n_skipped(self) -> int:
@@ -41,15 +43,20 @@ def check_dataset(
     policy: ImagePolicy | None = None,
     workers: int | None = None,
     max_examples: int = 5,
+    allow_outside_paths: bool = False,
 ) -> CheckReport:
-    """Load `path` (manifest or folder), validate every image, and count the results."""
-    loaded = load_dataset(path, label_set=label_set, columns=columns)
+    """Load `path` (manifest or folder), validate every image, and count the results.
+
+    `allow_outside_paths`: a manifest may name images outside its folder (see `load_dataset`).
+    """
+    loaded = load_dataset(path, label_set=label_set, columns=columns, allow_outside_paths=allow_outside_paths)
     checked = validate_samples(loaded.samples, policy, workers=workers)
     images = {sample.sample_id: sample.image for sample in loaded.samples}
     report = CheckReport(path=os.fspath(path), n_good=len(checked.samples))
     report.per_label.update(sample.answer for sample in checked.samples)
     report.labels = _all_labels(loaded.samples)
     report.skipped = loaded.skipped + checked.skipped
+    report.hints = list(loaded.hints)
     for where, reason in loaded.errors:
         _add_example(report, reason, where, max_examples)
     for sample_id, reason in checked.errors:
@@ -74,7 +81,7 @@ def _add_example(report: CheckReport, reason: str, where: str, max_examples: int
 
 
 def format_report(report: CheckReport) -> str:
-    """A readable summary: totals, per-label counts, and skip reasons with example locations."""
+    """A readable summary: totals, per-label counts, skip reasons with example locations, hints."""
     total = report.n_good + report.n_skipped
     lines = [f"dataset  {report.path}", f"usable   {report.n_good} of {total}", "", "label            usable"]
     for label in report.labels or sorted(report.per_label):
@@ -86,6 +93,7 @@ def format_report(report: CheckReport) -> str:
             lines.append(f"  {reason:<22}{count:>6}  {examples}")
     else:
         lines += ["", "skipped  none"]
+    lines += [f"hint     {hint}" for hint in report.hints]
     if not report.ok:
         lines += ["", "NO USABLE SAMPLE"]
     return "\n".join(lines)

@@ -3,20 +3,26 @@
 Loading never decodes an image: samples carry a path or the encoded bytes, and malformed rows are
 skipped and counted with their location. `validate_samples` is the separate, parallel pass that
 decodes every image with `load_image` and drops the ones that cannot be used.
+
+A manifest names its images by path, so it could name any file: unless the caller allows it, a path
+must lie inside the manifest's folder (rows that leave it are skipped as `image_outside_root`). A
+folder tree's files are listed from the tree itself; a symlink it holds is followed, as the tree's
+owner set it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, get_args
 
 from rewards.prompts import LABEL_SETS, build_question
 
 from .images import ImagePolicy, ImageRejected, load_image
-from .rows import Columns, RowRejected, label_set_labels, row_to_sample
+from .rows import Columns, RowRejected, answers_label_set, label_set_labels, row_to_sample
 from .sample import LoadResult, Sample
 
 FolderReason = Literal["unknown_label", "unsupported_file", "outside_label_folder"]
@@ -36,12 +42,18 @@ __all__ = [
 
 
 def load_dataset(
-    path: str | os.PathLike[str], *, label_set: str | None = None, columns: Columns | None = None
+    path: str | os.PathLike[str],
+    *,
+    label_set: str | None = None,
+    columns: Columns | None = None,
+    allow_outside_paths: bool = False,
 ) -> LoadResult:
     """Load a `.jsonl` / `.parquet` manifest or a class-per-folder tree, by what `path` is.
 
     `label_set` (a name from `rewards.prompts.LABEL_SETS`) gives the labels of rows without a
-    `labels` column and of folder trees.
+    `labels` column and of folder trees; without it they are inferred where the data determines them
+    (`cluster.data.rows`). `allow_outside_paths` lets a manifest name absolute image paths and paths
+    outside its folder (only for manifests you trust: they can then make this process read any file).
     """
     path = os.fspath(path)
     columns = columns or Columns()
@@ -53,37 +65,62 @@ def load_dataset(
     if os.path.isdir(path):
         return load_folder(path, label_set=label_set)
     suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".jsonl":
-        return load_jsonl(path, label_set=label_set, columns=columns)
-    if suffix in (".parquet", ".pq"):
-        return load_parquet(path, label_set=label_set, columns=columns)
+    loader = {".jsonl": load_jsonl, ".parquet": load_parquet, ".pq": load_parquet}.get(suffix)
+    if loader is not None:
+        return loader(path, label_set=label_set, columns=columns, allow_outside_paths=allow_outside_paths)
     raise ValueError(f"cannot load {path!r}: expected a .jsonl or .parquet manifest or a folder")
 
 
-def load_jsonl(path: str, *, label_set: str | None = None, columns: Columns | None = None) -> LoadResult:
-    """One JSON object per line; blank lines are ignored; locations are `name:line` (1-based)."""
-    name = os.path.basename(path)
+def load_jsonl(
+    path: str,
+    *,
+    label_set: str | None = None,
+    columns: Columns | None = None,
+    allow_outside_paths: bool = False,
+) -> LoadResult:
+    """One JSON object per line; blank lines are ignored; locations are `name:line` (1-based).
 
-    def rows() -> Iterator[tuple[str, Any]]:
-        with open(path, "rb") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row: Any = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    row = RowRejected("bad_json")
-                yield f"{name}:{number}", row
+    When rows need their label set inferred from the answers, the file is read once more.
+    """
+    columns = columns or Columns()
+    key = columns.answer_key
+
+    def answers() -> Iterator[Any]:
+        return (row.get(key) for _, row in _jsonl_rows(path) if isinstance(row, Mapping))
 
     return _collect(
-        rows(), base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set, columns=columns
-    )
+        _jsonl_rows(path), answers, base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set,
+        columns=columns, allow_outside_paths=allow_outside_paths,
+    )  # fmt: skip
 
 
-def load_parquet(path: str, *, label_set: str | None = None, columns: Columns | None = None) -> LoadResult:
-    """Rows of a parquet file (read in batches); locations are `name[row]` (0-based)."""
+def _jsonl_rows(path: str) -> Iterator[tuple[str, Any]]:
+    name = os.path.basename(path)
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row: Any = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = RowRejected("bad_json")
+            yield f"{name}:{number}", row
+
+
+def load_parquet(
+    path: str,
+    *,
+    label_set: str | None = None,
+    columns: Columns | None = None,
+    allow_outside_paths: bool = False,
+) -> LoadResult:
+    """Rows of a parquet file (read in batches); locations are `name[row]` (0-based).
+
+    When rows need their label set inferred from the answers, the answer column alone is read once more.
+    """
     import pyarrow.parquet as pq
 
+    columns = columns or Columns()
     name = os.path.basename(path)
 
     def rows() -> Iterator[tuple[str, Any]]:
@@ -93,19 +130,34 @@ def load_parquet(path: str, *, label_set: str | None = None, columns: Columns | 
                 yield f"{name}[{index}]", row
                 index += 1
 
+    def answers() -> Iterator[Any]:
+        file = pq.ParquetFile(path)
+        if columns.answer_key in file.schema_arrow.names:
+            for batch in file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[columns.answer_key]):
+                yield from batch.column(0).to_pylist()
+
     return _collect(
-        rows(), base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set, columns=columns
-    )
+        rows(), answers, base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set,
+        columns=columns, allow_outside_paths=allow_outside_paths,
+    )  # fmt: skip
 
 
 def _collect(
-    rows: Iterable[tuple[str, Any]], *, base_dir: str, label_set: str | None, columns: Columns | None
+    rows: Iterable[tuple[str, Any]],
+    answers: Callable[[], Iterable[Any]],
+    *,
+    base_dir: str,
+    label_set: str | None,
+    columns: Columns,
+    allow_outside_paths: bool,
 ) -> LoadResult:
     """Turn `(where, row)` pairs into samples, skipping and counting bad rows.
 
     A row without an id gets its location as id (`train.jsonl:12`), so later reports can point at it.
+    `answers` reads every answer of the manifest again; it runs at most once, and only when a row has
+    no label set but the one its manifest's answers fit.
     """
-    columns = columns or Columns()
+    answers_fit = functools.cache(lambda: answers_label_set(answers()))
     result = LoadResult()
     seen: set[str] = set()
     for where, row in rows:
@@ -113,8 +165,9 @@ def _collect(
             if isinstance(row, RowRejected):
                 raise row
             sample = row_to_sample(
-                row, columns=columns, base_dir=base_dir, default_id=where, label_set=label_set
-            )
+                row, columns=columns, base_dir=base_dir, default_id=where, label_set=label_set,
+                answers_fit=answers_fit, allow_outside_paths=allow_outside_paths,
+            )  # fmt: skip
             if sample.sample_id in seen:
                 raise RowRejected("duplicate_id", sample.sample_id)
         except RowRejected as rejected:
@@ -122,7 +175,27 @@ def _collect(
             continue
         seen.add(sample.sample_id)
         result.samples.append(sample)
+    result.hints += _hints(result, base_dir, columns)
     return result
+
+
+def _hints(result: LoadResult, base_dir: str, columns: Columns) -> list[str]:
+    """One line per skip reason that a setting fixes, saying which."""
+    hints = []
+    if n := result.skipped["missing_labels"]:
+        hints.append(
+            f"{n} rows skipped as missing_labels: no '{columns.labels_key}' column and the label set could "
+            f"not be inferred (no category list in '{columns.problem_key}', the answers fit no single known "
+            f"set): set data.label_set=<{'|'.join(LABEL_SETS)}> (data check: --label-set) or add a "
+            f"'{columns.labels_key}' column"
+        )
+    if n := result.skipped["image_outside_root"]:
+        hints.append(
+            f"{n} rows skipped as image_outside_root: the image path is absolute or leaves the manifest's "
+            f"folder {base_dir}: move the images under it, or, if you trust the manifest, set "
+            "data.allow_outside_paths=true (data check: --allow-outside-paths)"
+        )
+    return hints
 
 
 def load_folder(root: str, *, label_set: str | None = None) -> LoadResult:

@@ -42,12 +42,14 @@ class LoadResult:
 
     `skipped` counts skipped items by reason (a closed set of strings per loader); `errors` lists
     `(where, reason)` for each of them, `where` being a location such as `"train.jsonl:12"`, a
-    parquet row `"train.parquet[3]"`, a path inside a folder tree, or a sample id.
+    parquet row `"train.parquet[3]"`, a path inside a folder tree, or a sample id. `hints` are
+    one-line notes for the user, each naming the setting or column that would fix a kind of skip.
     """
 
     samples: list[Sample] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
 
     def skip(self, where: str, reason: str) -> None:
         """Record one skipped item."""
