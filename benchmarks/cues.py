@@ -3,7 +3,7 @@
 On the synthetic set the gold label follows from the five cues of a scene (the majority label's), so
 a model that describes the scene correctly can answer from its own description, and one that does
 not can only guess. This measures the reading directly, teacher-forced: the model gets the caption
-prompt ("Describe the image.", cluster.tiny_model.CAPTION_PROMPT) and the reference description as
+prompt ("Describe the image.", cluster.embedded.tiny_model.CAPTION_PROMPT) and the reference description as
 the answer; a cue counts as read when every token of its phrase is the model's argmax given the
 correct prefix. One forward pass per batch, so it is quick and free of sampling noise; on the tiny
 model it tracks greedy generation closely (README, "The embedded tiny model"). The same reading under
@@ -40,7 +40,7 @@ Row = tuple[str, str, dict[str, str], str]  # (image path, scene description, {s
 
 def manifest_rows(path: Path, limit: int | None = None) -> list[Row]:
     """The first `limit` rows of a synthetic manifest."""
-    from cluster.data.responses import scene_description
+    from cluster.embedded.responses import scene_description
 
     rows = []
     for line in path.read_text().splitlines()[:limit]:
@@ -58,8 +58,8 @@ def cue_recall(
     import torch
 
     from cluster.data.images import load_image
-    from cluster.data.scenes import CUES
-    from cluster.tiny_model import CAPTION_PROMPT
+    from cluster.embedded.scenes import CUES
+    from cluster.embedded.tiny_model import CAPTION_PROMPT
     from learner.batch import collate, completion_logits
     from learner.sft import ANSWER, ExampleText, encode
     from rewards.prompts import build_user_text
@@ -101,8 +101,8 @@ def run(model_paths: Sequence[str], overrides: Sequence[str], limit: int, out: P
     from transformers import AutoModelForImageTextToText
 
     from cluster.config import load_config
-    from cluster.datasets import resolve_source
     from cluster.models import resolve_model
+    from cluster.sources import resolve_source
     from learner.policy import load_processor
 
     cfg = load_config(None, overrides)

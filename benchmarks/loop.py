@@ -52,11 +52,11 @@ class PeakMemory:
 
 def _loop(cfg: RunConfig, iterations: int) -> list[dict]:
     """Run `iterations` iterations (after one warm-up) on a fresh cluster; their metrics."""
-    from cluster.datasets import load_samples
     from cluster.metrics import MetricsLog
     from cluster.models import resolve_model
     from cluster.rundir import run_dir
     from cluster.session import TrainingCluster
+    from cluster.sources import load_samples
     from cluster.train import RunState, train_loop
 
     run = run_dir(cfg)
@@ -95,10 +95,10 @@ def rollout_vs_raw(overrides: list[str], repeats: int = 3) -> dict[str, float]:
     import ray
 
     from benchmarks.raw import raw_tokens_per_s
-    from cluster.datasets import load_samples
     from cluster.models import resolve_model
-    from cluster.sample import prompt_request
     from cluster.session import TrainingCluster
+    from cluster.settings import prompt_request
+    from cluster.sources import load_samples
 
     cfg = load_config(None, [*BASE, *overrides, "cluster.run_name=bench-raw"])
     samples = load_samples(cfg.data.train, cfg.data).samples[: cfg.cluster.prompts_per_iteration]
@@ -120,9 +120,9 @@ def rollout_vs_raw(overrides: list[str], repeats: int = 3) -> dict[str, float]:
 def push_times(overrides: list[str], repeats: int = 3) -> dict[str, float]:
     """Median seconds of a weight push to 1, 2 and 4 engines."""
     from cluster.models import resolve_model
+    from cluster.pools import Receivers
     from cluster.session import TrainingCluster
     from cluster.transport import ObjectStoreTransport
-    from cluster.workers import Receivers
 
     cfg = load_config(None, [*BASE, *overrides, "rollout.num_workers=4", "rollout.num_cpus_per_worker=0.25",
                              "reward.reflection=false", "cluster.run_name=bench-push"])  # fmt: skip

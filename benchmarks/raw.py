@@ -8,7 +8,7 @@ import time
 from actors.engine import configure_cpu_environment
 from cluster.config import RunConfig
 from cluster.data.images import load_image
-from cluster.datasets import image_policy
+from cluster.settings import image_policy
 from rewards.prompts import build_user_text
 
 

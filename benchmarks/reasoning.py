@@ -11,7 +11,7 @@ partner or some other label), accuracy by how many cues are borrowed (4–1 and 
 accuracy by which slot is borrowed: a policy that counts the five cues is as right when the sky is
 borrowed as when the accent is; one that answers from the largest region is not.
 It reads files only: `runs/<name>/config.yaml` for the data, `runs/<name>/rollouts.jsonl` for the
-responses (cluster.rollouts: a sample of each iteration's rollouts); or an `emo-r3 eval` output folder
+responses (cluster.generation: a sample of each iteration's rollouts); or an `emo-r3 eval` output folder
 (`eval.json` names the sources and data settings, `responses_<dataset>.jsonl` holds one response per
 held-out sample: the larger and unsampled measurement).
 """
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.data.scenes import CUES, STYLES, cue_label
-from rewards.evaluation import predict
+from cluster.embedded.scenes import CUES, STYLES, cue_label
+from rewards.paper_metrics import predict
 
 _STEP2 = re.compile(r"<step2>(.*?)</step2>", re.S)
 # the <think> form (GRPO baseline): the same parts in one paragraph, step 2 the sentence after step 1's
@@ -135,8 +135,7 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
 
 def run_verdicts(run: Path) -> list[tuple[int, Verdict]]:
     """(iteration, verdict) of every dumped rollout of `run` (a run directory of a synthetic-data run)."""
-    from cluster.config import ConfigError, load_config
-    from cluster.datasets import SYNTHETIC_PREFIX
+    from cluster.config import SYNTHETIC_PREFIX, ConfigError, load_config
 
     dumped = run / "rollouts.jsonl"
     if not dumped.is_file():
@@ -156,7 +155,7 @@ def run_verdicts(run: Path) -> list[tuple[int, Verdict]]:
 
 def _scene_cues(source: str, data: Any) -> tuple[str, dict[str, dict[str, str]]]:
     """The style of a synthetic `source` and its manifest's slot → cue mapping by sample id."""
-    from cluster.datasets import resolve_source
+    from cluster.sources import resolve_source
 
     cues = {}
     for line in Path(resolve_source(source, data)).read_text().splitlines():
@@ -168,9 +167,8 @@ def _scene_cues(source: str, data: Any) -> tuple[str, dict[str, dict[str, str]]]
 def eval_verdicts(folder: Path) -> dict[str, list[Verdict]]:
     """The verdicts of an `emo-r3 eval` output folder, by data set: its `responses_<dataset>.jsonl`
     against the scenes of each synthetic source it evaluated (held-out data, every sample once)."""
-    from cluster.config import ConfigError, DataConfig
-    from cluster.datasets import SYNTHETIC_PREFIX
-    from cluster.evaluate import responses_filename
+    from cluster.config import SYNTHETIC_PREFIX, ConfigError, DataConfig
+    from cluster.held_out import responses_filename
 
     record = json.loads((folder / "eval.json").read_text())
     if "sources" not in record:

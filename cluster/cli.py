@@ -37,7 +37,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from cluster.datasets import check_command
+    from cluster.commands.data import check_command
 
     return check_command(
         args.path,
@@ -48,21 +48,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from cluster.data.synthetic import generate
+    from cluster.commands.data import synth_command
 
-    paths = generate(
-        args.out,
-        style=args.style,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        seed=args.seed,
-        size=args.size,
-        ambiguity=args.ambiguity,
-        two_borrowed=args.two_borrowed,
-    )
-    for path in paths:
-        print(path)
-    return 0
+    return synth_command(args.out, args.style, load_config(None, args.overrides).data.synthetic)
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
@@ -88,7 +76,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from cluster.sample import run_sample
+    from cluster.commands.sample import run_sample
 
     return run_sample(load_config(args.config, args.overrides))
 
@@ -103,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cluster.evaluate import run_eval
+    from cluster.commands.evaluate import run_eval
 
     return run_eval(
         load_config(args.config, []), args.model, args.data, in_domain=args.in_domain, greedy=args.greedy,
@@ -113,19 +101,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from cluster.sft import run_sft
+    from cluster.commands.sft import run_sft
 
     return run_sft(load_config(args.config, args.overrides))
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from cluster.pipeline import run_pipeline
+    from cluster.commands.pipeline import run_pipeline
 
     return run_pipeline(load_config(args.config, args.overrides))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cluster.compare import run_compare
+    from cluster.commands.compare import run_compare
 
     return run_compare(args.config, args.overrides, args.methods, args.seeds, args.name)
 
@@ -176,14 +164,10 @@ def _add_data_commands(sub) -> None:
     synth = data.add_parser("synth", help="generate the synthetic affective-scene data set")
     synth.add_argument("out", help="output folder")
     synth.add_argument("--style", choices=["emoset", "emotion6"], default="emoset")
-    synth.add_argument("--n-train", type=int, default=512)
-    synth.add_argument("--n-test", type=int, default=256)
-    synth.add_argument("--size", type=int, default=112)
-    synth.add_argument("--ambiguity", type=float, default=1.0)
     synth.add_argument(
-        "--two-borrowed", type=float, default=0.5, help="share of mixed images with two borrowed cues"
-    )
-    synth.add_argument("--seed", type=int, default=0)
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="data.synthetic.* settings, e.g. data.synthetic.n_train=1024 (defaults: the embedded default's)",
+    )  # fmt: skip
     synth.set_defaults(func=cmd_data_synth)
     model = sub.add_parser("model", help="models").add_subparsers(dest="action", required=True)
     model.add_parser("build", help="build (or find) the embedded tiny model; prints its folder").set_defaults(
@@ -241,7 +225,7 @@ def _add_eval_command(sub) -> None:
 
 
 def _add_compare_command(sub) -> None:
-    from cluster.compare import METHODS
+    from cluster.commands.compare import METHODS
 
     cmp = sub.add_parser(
         "compare", help="GRPO vs SET vs SET + RER, same budget, several seeds: mean ± std table"

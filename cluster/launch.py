@@ -97,7 +97,9 @@ def start_ray(cfg: RunConfig, on_gpu: bool, extra_env: dict[str, str] | None = N
 
     if ray.is_initialized():
         return False
-    if address is not None:  # actors get `worker_env` through their own runtime env (cluster.pools.Placement)
+    if (
+        address is not None
+    ):  # actors get `worker_env` through their own runtime env (cluster.placement.Placement)
         ray.init(address=address, log_to_driver=True)
         raise_on_sigterm()
         return True

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # ray-free at import: `emo-r3 compare` reads metrics without starting anything
-    from cluster.rollouts import IterationRollouts
+    from cluster.generation import IterationRollouts
 
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"  # a few scored rollouts per iteration (cluster.dump_rollouts)

@@ -1,122 +1,93 @@
-"""Typed pools of Ray actors built from plain worker classes, and deadline-bounded waits.
+"""Typed handles on the three pools of Ray actors: rollout, reward, learner.
 
-Every remote wait in the service goes through `wait_all` / `wait_any`, so nothing blocks forever:
-past its deadline a wait raises `DeadlineExceeded` naming what did not answer.
+Each handle exposes typed `submit_*` / blocking methods; no dispatch by method-name strings. Every
+blocking method waits with a deadline (cluster.placement.wait_all).
 """
 
 from __future__ import annotations
 
-import socket
+import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-
-class DeadlineExceeded(TimeoutError):
-    pass
-
-
-LOOPBACK = "127.0.0.1"
-
-
-def rendezvous_address(node_ips: Sequence[str], first_node_port: int) -> tuple[str, int]:
-    """Where a group's ranks meet, from the node of each rank (rank order): loopback when they share
-    one node (no interface to choose, nothing exposed), else rank 0's node, on a port free there."""
-    return (LOOPBACK if len(set(node_ips)) == 1 else node_ips[0]), first_node_port
-
-
-@ray.remote(num_cpus=0)
-def _node_ip_and_free_port() -> tuple[str, int]:
-    address = ray.util.get_node_ip_address()
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
-        s.bind((address, 0))
-        return address, s.getsockname()[1]
-
-
-def wait_all(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
-    """Values of every ref, in order, or DeadlineExceeded after `timeout_s`."""
-    try:
-        return ray.get(list(refs), timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        raise DeadlineExceeded(f"{what}: no answer from every actor within {timeout_s:g} s") from None
+from actors.types import Group, PromptRequest, SamplingSettings
+from cluster.placement import wait_all
+from learner.batch import split
+from rewards.scoring import ScoreItem
 
 
 @dataclass(frozen=True)
-class Role:
-    """How many actors of a kind, and what each reserves."""
+class Receivers:
+    """Everything that must load new policy weights: rollout engines and policy-following judges."""
 
-    name: str
-    count: int
-    num_cpus: float
-    num_gpus: float
+    actors: list[Any]
 
 
-class Placement:
-    """One placement group with a bundle per actor, reserved before any actor starts."""
+class RolloutPool:
+    def __init__(self, actors: list[Any]):
+        self.actors = actors
+        self._next = itertools.cycle(range(len(actors)))
 
-    def __init__(self, roles: Sequence[Role], timeout_s: float, env: dict[str, str] | None = None):
-        """`env`: environment variables of every actor (merged into a submitted job's runtime env)."""
-        self.roles = list(roles)
-        self.env = env or {}
-        bundles = [self._bundle(r) for r in self.roles for _ in range(r.count)]
-        self.group: PlacementGroup = placement_group(bundles, strategy="PACK")
-        ready, _ = ray.wait([self.group.ready()], timeout=timeout_s)
-        if not ready:
-            remove_placement_group(self.group)
-            needed = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
-            raise DeadlineExceeded(
-                f"the cluster could not reserve {needed} for {', '.join(f'{r.count} {r.name}' for r in self.roles)} "
-                f"within {timeout_s:g} s (available: {ray.available_resources()})"
-            )
+    def submit_generate(self, requests: Sequence[PromptRequest]) -> ray.ObjectRef:
+        return self.actors[next(self._next)].generate.remote(list(requests))
 
-    @staticmethod
-    def _bundle(role: Role) -> dict[str, float]:
-        bundle = {"CPU": role.num_cpus}
-        if role.num_gpus:
-            bundle["GPU"] = role.num_gpus
-        return bundle
-
-    def spawn(self, role_name: str, cls: type, args_per_actor: Sequence[tuple]) -> list[Any]:
-        """Start `cls` as Ray actors in the bundles of `role_name`, one per args tuple."""
-        offset, role = self._offset(role_name)
-        assert len(args_per_actor) == role.count, (role_name, len(args_per_actor), role.count)
-        remote_cls = ray.remote(cls)
-        return [
-            remote_cls.options(
-                num_cpus=role.num_cpus,
-                num_gpus=role.num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + i),
-                name=f"emo-r3-{role_name}-{i}-{id(self.group):x}",
-                runtime_env={"env_vars": self.env},
-            ).remote(*args)
-            for i, args in enumerate(args_per_actor)
+    def generate_all(
+        self, requests: Sequence[PromptRequest], sampling: SamplingSettings, timeout_s: float, what: str
+    ) -> list[Group]:
+        """Groups of every request, in order: the requests split evenly over the workers, one call each."""
+        parts = split(requests, min(len(requests), len(self.actors)))
+        refs = [
+            actor.generate.remote(part, sampling) for actor, part in zip(self.actors, parts, strict=False)
         ]
+        return [group for groups in wait_all(refs, timeout_s, what) for group in groups]
 
-    def rendezvous(self, role_name: str, timeout_s: float) -> tuple[str, int]:
-        """The torch.distributed master address and port of the actors of `role_name`: a probe task in
-        each of their bundles finds its node (rendezvous_address); across nodes, rank 0's node IP."""
-        offset, role = self._offset(role_name)
-        probes = [
-            _node_ip_and_free_port.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + i)
-            ).remote()
-            for i in range(role.count)
+    def versions(self, timeout_s: float) -> list[int]:
+        return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "rollout versions")
+
+
+class RewardPool:
+    def __init__(self, actors: list[Any], follows_policy: bool):
+        self.actors = actors
+        self.follows_policy = follows_policy
+        self._next = itertools.cycle(range(len(actors)))
+
+    def submit_score(self, items: Sequence[ScoreItem], version: int, timeout_s: float) -> ray.ObjectRef:
+        """Score `items` on the next worker, which gives up on them `timeout_s` from now."""
+        expected = version if self.follows_policy else None
+        deadline = time.time() + timeout_s  # wall clock: the worker may be on another node
+        return self.actors[next(self._next)].score.remote(list(items), expected, deadline)
+
+    def versions(self, timeout_s: float) -> list[int | None]:
+        return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "judge versions")
+
+
+class LearnerGroup:
+    def __init__(self, ranks: list[Any]):
+        self.ranks = ranks
+
+    def train(
+        self, shards: list[list[list[Any]]], global_num_tokens: list[int], timeout_s: float
+    ) -> list[dict]:
+        """One iteration of updates; `shards[r][m]` is rank r's share of mini-batch m."""
+        refs = [
+            rank.train_iteration.remote(shard, global_num_tokens)
+            for rank, shard in zip(self.ranks, shards, strict=True)
         ]
-        found = wait_all(probes, timeout_s, f"{role_name} rendezvous")
-        return rendezvous_address([ip for ip, _ in found], found[0][1])
+        return wait_all(refs, timeout_s, "learner train_iteration")
 
-    def _offset(self, role_name: str) -> tuple[int, Role]:
-        """The first bundle index of `role_name`, and the role."""
-        offset = 0
-        for role in self.roles:
-            if role.name == role_name:
-                return offset, role
-            offset += role.count
-        raise KeyError(f"no role {role_name!r} in this placement")
+    def publish_weights(self) -> list[ray.ObjectRef]:
+        """Every rank joins the gather (a collective under ZeRO-3); rank 0's buckets, the first ref,
+        go to the object store once. The other refs only tell when the other ranks are done."""
+        return [rank.weight_buckets.remote() for rank in self.ranks]
 
-    def release(self) -> None:
-        remove_placement_group(self.group)
+    def save(self, out_dir: str, timeout_s: float, optimizer: bool = False) -> None:
+        refs = [rank.save.remote(out_dir, optimizer) for rank in self.ranks]
+        wait_all(refs, timeout_s, "learner save")
+
+    def optimizer_restored(self, timeout_s: float) -> list[str | None]:
+        """Per rank, what restoring its optimizer state did (None: not asked to)."""
+        return wait_all([rank.optimizer_restored.remote() for rank in self.ranks], timeout_s, "learner state")

@@ -15,26 +15,30 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import ray
 
-from actors.engine import EngineSettings
 from actors.rollout import RolloutWorker
-from cluster.batches import train_shards
+from cluster.batching import train_shards
 from cluster.config import RunConfig
-from cluster.data.images import load_image
 from cluster.data.sample import Sample
-from cluster.datasets import image_policy
+from cluster.generation import IterationRollouts, generate_and_score, resample_all_wrong
 from cluster.launch import start_ray, worker_env
 from cluster.models import resolve_model
-from cluster.pools import DeadlineExceeded, Placement, Role, wait_all
-from cluster.rollouts import IterationRollouts, generate_and_score, resample_all_wrong
-from cluster.sample import engine_settings, prompt_request, reward_rules, rollout_sampling
+from cluster.placement import DeadlineExceeded, Placement, Role, wait_all
+from cluster.pools import LearnerGroup, Receivers, RewardPool, RolloutPool
+from cluster.settings import (
+    image_loader,
+    judge_settings,
+    learner_rank_specs,
+    prompt_request,
+    reward_rules,
+    rollout_engine_settings,
+    rollout_sampling,
+)
 from cluster.stops import NEVER, RunFailed, StopSignal
 from cluster.transport import make_transport
-from cluster.workers import LearnerGroup, Receivers, RewardPool, RolloutPool, learner_rank_args
 from learner.batch import micro_batches_per_step
 from learner.rank import LearnerRank, combine_rank_metrics
 from rewards.worker import RewardWorker
@@ -59,13 +63,6 @@ def _first_line(err: BaseException) -> str:
     return re.sub(r"\s+", " ", lines[0])[:300] if lines else type(err).__name__
 
 
-def judge_settings(cfg: RunConfig, model_path: str) -> EngineSettings:
-    j = cfg.reward.judge
-    path = model_path if j.mode == "policy" else resolve_model(j.model or "")
-    base = engine_settings(cfg, path)
-    return EngineSettings(**{**base.__dict__, "kv_cache_mib": j.kv_cache_mib, "seed": cfg.cluster.seed + 1})
-
-
 class TrainingCluster:
     def __init__(self, cfg: RunConfig, model_path: str, reference_path: str | None = None, version: int = 0,
                  resume: bool = False):  # fmt: skip
@@ -76,23 +73,26 @@ class TrainingCluster:
         self.on_gpu = any(role.num_gpus > 0 for role in roles(cfg))
         self.owns_ray = start_ray(cfg, self.on_gpu)
         self.placement = Placement(roles(cfg), cfg.cluster.startup_timeout_s, worker_env(cfg, self.on_gpu))
-        loader = partial(load_image, policy=image_policy(cfg.data))
-        settings = engine_settings(cfg, model_path)
-        self.rollout = RolloutPool(self.placement.spawn(
-            "rollout", RolloutWorker,
-            [(EngineSettings(**{**settings.__dict__, "seed": cfg.cluster.seed + 100 * i}), rollout_sampling(cfg), loader, version)
-             for i in range(cfg.rollout.num_workers)],
-        ))  # fmt: skip
-        judge = judge_settings(cfg, model_path) if cfg.reward.reflection else None
-        self.reward = RewardPool(self.placement.spawn(
-            "reward", RewardWorker,
-            [(cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i, version)
-             for i in range(cfg.reward.num_workers)],
-        ), follows_policy=cfg.reward.judge.mode == "policy")  # fmt: skip
+        loader = image_loader(cfg.data)
+        self.rollout = RolloutPool(self.placement.spawn("rollout", RolloutWorker, [
+            (rollout_engine_settings(cfg, model_path, i), rollout_sampling(cfg), loader, version)
+            for i in range(cfg.rollout.num_workers)
+        ]))  # fmt: skip
+        judge = None
+        if cfg.reward.reflection:
+            follows = cfg.reward.judge_follows_policy
+            judge = judge_settings(
+                cfg, model_path if follows else resolve_model(cfg.reward.judge.model or "")
+            )
+        self.reward = RewardPool(self.placement.spawn("reward", RewardWorker, [
+            (cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i, version)
+            for i in range(cfg.reward.num_workers)
+        ]), follows_policy=cfg.reward.judge_follows_policy)  # fmt: skip
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path, loader, resume))
         self._wait_ready()
-        self.transport = make_transport(cfg.cluster.weight_transport, self.learner, self.receivers,
-                                        cfg.cluster.sync_timeout_s)  # fmt: skip
+        self.transport = make_transport(
+            cfg.cluster.weight_transport, self.learner, self.receivers, cfg.cluster.sync_timeout_s
+        )
 
     def _spawn_learner(self, model_path: str, reference_path: str | None, loader, resume: bool) -> list:
         cfg = self.cfg
@@ -102,8 +102,10 @@ class TrainingCluster:
         steps = micro_batches_per_step(mini_batch, cfg.learner.num_ranks, cfg.learner.micro_batch_size)
         learner = cfg.learner.model_copy(update={"old_logprobs": cfg.behaviour_logprobs()})
         meet = self.placement.rendezvous("learner", cfg.cluster.startup_timeout_s)
-        args = learner_rank_args(model_path, learner, steps, loader, meet, reference_path, resume)
-        return self.placement.spawn("learner", LearnerRank, args)
+        specs = learner_rank_specs(
+            model_path, learner, steps, loader, meet, reference_path=reference_path, restore_optimizer=resume
+        )
+        return self.placement.spawn("learner", LearnerRank, [(spec,) for spec in specs])
 
     def _wait_ready(self) -> None:
         actors = self.rollout.actors + self.reward.actors + self.learner.ranks
@@ -111,15 +113,15 @@ class TrainingCluster:
 
     @property
     def receivers(self) -> Receivers:
-        judges = self.reward.actors if self.reward.follows_policy and self.cfg.reward.reflection else []
-        return Receivers(self.rollout.actors + judges)
+        """Every engine that loads new policy weights: rollout engines and policy-following judges."""
+        return Receivers(self.rollout.actors + (self.reward.actors if self.reward.follows_policy else []))
 
     # ---- the phases of an iteration -------------------------------------------------------------
 
     def generate_and_score(
         self, batch: Sequence[Sample], iteration: int, version: int, stop: StopSignal = NEVER
     ) -> IterationRollouts:
-        """G rollouts of every prompt from policy `version`, scored (cluster.rollouts), all-wrong groups
+        """G rollouts of every prompt from policy `version`, scored (cluster.generation), all-wrong groups
         resampled (`rollout.resample_all_wrong` rounds); every rollout checked to be of `version`."""
         cfg = self.cfg
         requests = [

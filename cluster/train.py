@@ -23,13 +23,13 @@ from cluster.checkpoints import (
 )
 from cluster.config import ConfigError, RunConfig
 from cluster.data.sample import LoadResult, Sample
-from cluster.datasets import load_samples
-from cluster.evaluator import Evaluator
+from cluster.generation import IterationRollouts, accuracies
+from cluster.held_out import Evaluator
 from cluster.metrics import METRICS_FILE, ROLLOUTS_FILE, MetricsLog, replaced_path, set_aside_from
 from cluster.models import resolve_model
 from cluster.replay import ReplayBuffer
-from cluster.rollouts import IterationRollouts, accuracies
 from cluster.session import TrainingCluster
+from cluster.sources import load_samples
 from cluster.stops import NEVER, RunFailed, StopSignal
 from cluster.stream import PromptStream, StreamState
 

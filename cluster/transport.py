@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from cluster.pools import wait_all
-from cluster.workers import LearnerGroup, Receivers
+from cluster.placement import wait_all
+from cluster.pools import LearnerGroup, Receivers
 
 
 class WeightTransport(Protocol):

@@ -413,7 +413,7 @@ def join_process_group(backend: str, rank: int, world_size: int, timeout: timede
 
     torch's own rendezvous (`env://`) makes rank 0's TCPStore listen on every interface, without
     authentication. Here rank 0 binds the store's socket to the rendezvous address itself: loopback
-    when every rank shares a node (cluster.pools.rendezvous_address), else rank 0's node address.
+    when every rank shares a node (cluster.placement.rendezvous_address), else rank 0's node address.
     """
     import socket
 

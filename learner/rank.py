@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,45 +47,50 @@ def set_distributed_env(rank: int, world_size: int, master_addr: str, master_por
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
+@dataclass(frozen=True)
+class RankSpec:
+    """What one learner rank is built from (cluster.settings.learner_rank_specs builds one per rank).
+
+    `restore_optimizer`: `model_path` is a checkpoint the run resumes from; its AdamW state and
+    lr-schedule step are restored when it has them for this world size (Policy.load_optimizer).
+    `reference_path`: the frozen initial policy of the KL term (None: `model_path`).
+    """
+
+    model_path: str
+    cfg: LearnerConfig
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    micro_batches_per_step: int
+    image_loader: Callable[[ImageRef], Any]
+    reference_path: str | None = None
+    restore_optimizer: bool = False
+    bucket_mib: float = 256.0
+
+
 class LearnerRank:
     """The policy of one DeepSpeed rank and the batch building around it."""
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        cfg: LearnerConfig,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        micro_batches_per_step: int,
-        image_loader: Callable[[ImageRef], Any],
-        reference_path: str | Path | None = None,
-        restore_optimizer: bool = False,
-        bucket_mib: float = 256.0,
-    ):
-        """`restore_optimizer`: `model_path` is a checkpoint this run resumes from; its AdamW state
-        and lr-schedule step are restored when it has them for this world size (Policy.load_optimizer)."""
-        set_distributed_env(rank, world_size, master_addr, master_port)
+    def __init__(self, spec: RankSpec):
+        set_distributed_env(spec.rank, spec.world_size, spec.master_addr, spec.master_port)
         from learner.policy import Policy, load_processor
 
-        self.rank = rank
+        self.rank = spec.rank
         # the ratio's old logprobs are the sampler's ("auto" is resolved by the caller: behaviour_logprobs)
-        self.old_from_engine = cfg.old_logprobs == "engine"
-        self.share_prompts = cfg.share_prompts
-        self.micro_batches_per_step = micro_batches_per_step
-        self.image_loader = image_loader
-        self.processor = load_processor(model_path)
+        self.old_from_engine = spec.cfg.old_logprobs == "engine"
+        self.share_prompts = spec.cfg.share_prompts
+        self.micro_batches_per_step = spec.micro_batches_per_step
+        self.image_loader = spec.image_loader
+        self.processor = load_processor(spec.model_path)
         self.policy = Policy(
-            model_path,
-            cfg,
-            rank=rank,
-            world_size=world_size,
-            total_micro_batches_per_step=micro_batches_per_step,
-            reference_path=reference_path,
+            spec.model_path, spec.cfg, rank=spec.rank, world_size=spec.world_size,
+            total_micro_batches_per_step=spec.micro_batches_per_step, reference_path=spec.reference_path,
+        )  # fmt: skip
+        self.bucket_bytes = int(spec.bucket_mib * 2**20)
+        self.optimizer_restore = (
+            self.policy.load_optimizer(spec.model_path) if spec.restore_optimizer else None
         )
-        self.bucket_bytes = int(bucket_mib * 2**20)
-        self.optimizer_restore = self.policy.load_optimizer(model_path) if restore_optimizer else None
 
     def ping(self) -> int:
         """The rank; answers once the policy is built."""

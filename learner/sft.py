@@ -1,5 +1,6 @@
-"""Cold-start SFT (METHOD.md §4, "Cold-Start-Emo"): examples from reference responses, their
-schedule over steps and ranks, and the loss. No heavy imports: the processor is passed in.
+"""Cold-start SFT (METHOD.md §4, "Cold-Start-Emo") on the learner's side: examples in token ids,
+their schedule over steps and ranks, and the loss. No heavy imports: the processor is passed in. The
+example texts (which prompt teaches which answer) are built on the job's side: cluster.cold_start.
 
 An example is a prompt exactly as the rollout engine sees it (the processor's chat template, image
 placeholders expanded by the processor as vLLM expands them) and the tokens the policy should write
@@ -26,39 +27,18 @@ import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from torch import Tensor
 
 from actors.types import ImageRef
 from learner.batch import IMAGE_PAD, MicroBatch, TrainRollout, split
-from learner.config import SftConfig
 from learner.grpo import token_mean_loss
-from rewards.parsing import coherence_span, consistency_span
-from rewards.prompts import build_user_text, coherence_prompt, consistency_prompt
 
 END_OF_TURN = "<|im_end|>"  # the chat template's end of a message; vLLM stops on it (eos)
 ANSWER, COHERENCE, CONSISTENCY, SCENE = "answer", "coherence", "consistency", "scene"
-STEP1_CLOSE = "</step1>"
-YES, NO = "yes", "no"  # METHOD.md §3: the consistency judge answers yes or no
-# Reflection slots cycle: coherence (→ label), consistency (own span → yes), coherence, consistency
-# (another label's span → no): half coherence, a quarter each of positive and negative pairs.
-REFLECTION_CYCLE = (COHERENCE, YES, COHERENCE, NO)
 
 T = TypeVar("T")
-
-
-class SftSample(Protocol):
-    """What a training sample must offer (cluster.data.sample.Sample does)."""
-
-    image: ImageRef
-    question: str
-    labels: tuple[str, ...]
-    answer: str
-    response: str | None
-
-
-S = TypeVar("S", bound=SftSample)
 
 
 @dataclass(frozen=True)
@@ -88,115 +68,7 @@ class SftExample:
 
 
 # -------------------------------------------------------------------------------------------------
-# Samples and example texts (pure)
-
-
-def balanced_subset(samples: Sequence[S], n: int, rng: random.Random) -> list[S]:
-    """`n` samples dealt round-robin over the gold labels (each label's samples in seeded order), so
-    that even a few samples cover the label set (METHOD.md §4: align the model with the label set)."""
-    by_label: dict[str, list[S]] = {}
-    for sample in rng.sample(list(samples), len(samples)):
-        by_label.setdefault(sample.answer, []).append(sample)
-    rounds = itertools.zip_longest(*by_label.values())
-    return [sample for round_ in rounds for sample in round_ if sample is not None][:n]
-
-
-def example_texts(samples: Sequence[SftSample], cfg: SftConfig, prompt_style: str) -> list[ExampleText]:
-    """One answer example per sample, then round(reflection_share × samples) reflection examples."""
-    answers = [
-        ExampleText(ANSWER, build_user_text(s.question, prompt_style), s.image, _response(s)) for s in samples
-    ]
-    count = reflection_count(cfg, len(samples))
-    if not count:
-        return answers
-    return answers + reflection_texts(samples, count, random.Random(cfg.seed))
-
-
-def reflection_count(cfg: SftConfig, samples: int) -> int:
-    """Reflection slots of a cold start on `samples` samples (a slot whose response has no span is
-    skipped: reflection_texts)."""
-    return round(cfg.reflection_share * samples) if cfg.reflection_tasks else 0
-
-
-def reflection_texts(samples: Sequence[SftSample], count: int, rng: random.Random) -> list[ExampleText]:
-    """`count` reflection slots (REFLECTION_CYCLE) over the samples in a seeded order.
-
-    A slot is skipped when its sample's response has no span, or (negative pair) when no sample of
-    another label has one.
-    """
-    order = rng.sample(list(samples), len(samples))
-    out = []
-    for i, sample in zip(range(count), itertools.cycle(order)):
-        kind = REFLECTION_CYCLE[i % len(REFLECTION_CYCLE)]
-        if kind == COHERENCE:
-            example = _coherence_text(sample)
-        else:
-            example = _consistency_text(sample, sample if kind == YES else _other_label(sample, samples, rng))
-        if example is not None:
-            out.append(example)
-    return out
-
-
-def _coherence_text(sample: SftSample) -> ExampleText | None:
-    span = coherence_span(_response(sample))
-    return (
-        ExampleText(COHERENCE, coherence_prompt(span, sample.labels), None, sample.answer) if span else None
-    )
-
-
-def _consistency_text(sample: SftSample, source: SftSample | None) -> ExampleText | None:
-    """`sample`'s image with the step-1 span of `source`: "yes" when it is the sample itself."""
-    span = consistency_span(_response(source)) if source is not None else None
-    if not span:
-        return None
-    return ExampleText(CONSISTENCY, consistency_prompt(span), sample.image, YES if source is sample else NO)
-
-
-def _other_label(sample: SftSample, samples: Sequence[SftSample], rng: random.Random) -> SftSample | None:
-    others = [s for s in samples if s.answer != sample.answer and consistency_span(_response(s))]
-    return rng.choice(others) if others else None
-
-
-def scene_prefix(target: str, description: str) -> str | None:
-    """`target` up to the end of `description` in it (and a `</step1>` right after), or None when the
-    description is not in it: `<step1>The scene shows ...</step1>` of a SET response,
-    `<think>The scene shows ...` of a `<think>` one."""
-    at = target.find(description) if description else -1
-    if at < 0:
-        return None
-    end = at + len(description)
-    if target.startswith(STEP1_CLOSE, end):
-        end += len(STEP1_CLOSE)
-    return target[:end]
-
-
-def scene_texts(pairs: Sequence[tuple[SftSample, str]], prompt_style: str) -> list[ExampleText]:
-    """One SCENE example per (sample, response prefix): the sample's task prompt → the prefix."""
-    return [
-        ExampleText(SCENE, build_user_text(s.question, prompt_style), s.image, prefix, end_of_turn=False)
-        for s, prefix in pairs
-    ]
-
-
-def _response(sample: SftSample) -> str:
-    if not sample.response:
-        raise ValueError(f"sample {getattr(sample, 'sample_id', '?')!r} has no reference response")
-    return sample.response
-
-
-# -------------------------------------------------------------------------------------------------
 # Tokenization
-
-
-def build_examples(
-    samples: Sequence[SftSample],
-    processor: Any,
-    cfg: SftConfig,
-    prompt_style: str,
-    image_loader: Callable[[ImageRef], Any],
-) -> list[SftExample]:
-    """Every example of `samples` (module docstring) in token ids; deterministic by cfg.seed."""
-    return [encode(text, processor, image_loader) for text in example_texts(samples, cfg, prompt_style)]
 
 
 def encode(text: ExampleText, processor: Any, image_loader: Callable[[ImageRef], Any]) -> SftExample:

@@ -63,3 +63,8 @@ class RewardConfig(BaseModel):
     strict_label_match: bool = Field(False, description="label matched as a word ('Fear.' counts)")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     timeout_s: float = Field(120.0, gt=0, description="deadline for scoring one group; past it: unscorable")
+
+    @property
+    def judge_follows_policy(self) -> bool:
+        """The judge reflects with the policy's own weights, pushed to it every version (METHOD.md §3)."""
+        return self.reflection and self.judge.mode == "policy"

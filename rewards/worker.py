@@ -48,7 +48,7 @@ class RewardWorker:
             if judge_settings is None:
                 raise ValueError("reflection is on but no judge engine settings were given")
             self.judge = EngineJudge(Engine(judge_settings, image_loader, version), cfg.judge, seed=seed)
-        self.follows_policy = cfg.judge.mode == "policy"
+        self.follows_policy = cfg.judge_follows_policy
 
     def score(
         self, items: Sequence[ScoreItem], expected_version: int | None = None, deadline: float | None = None

@@ -37,8 +37,8 @@ def ray_local():
 def random_init_tiny_model() -> Path:
     """The embedded model's build without its caption pretraining (seconds, into the project cache):
     the same tokenizer, processor and chat template as `model.path=tiny`, random weights."""
-    from cluster.models import tiny_corpus
+    from cluster.embedded.corpus import tiny_corpus
+    from cluster.embedded.tiny_model import ensure_tiny_model
     from cluster.paths import cache_dir
-    from cluster.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model(cache_dir() / "models", tiny_corpus())

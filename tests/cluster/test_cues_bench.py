@@ -4,9 +4,9 @@ caption-trained on a few scenes reads their cues, a random initialisation reads 
 import pytest
 
 from benchmarks.cues import cue_recall, manifest_rows, phrase_read
-from cluster.data.synthetic import generate
-from cluster.models import tiny_corpus
-from cluster.tiny_model import CAPTION_PROMPT, PretrainSpec, ensure_tiny_model
+from cluster.embedded.corpus import tiny_corpus
+from cluster.embedded.synthetic import generate
+from cluster.embedded.tiny_model import CAPTION_PROMPT, PretrainSpec, ensure_tiny_model
 
 TEXT = "a red sky above warm sand"
 # character spans of the tokens "a", " red", " sky", " above", " warm", " sand"
@@ -24,7 +24,14 @@ def test_a_phrase_is_read_only_when_every_token_it_overlaps_is_right():
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
     train, _ = generate(
-        tmp_path_factory.mktemp("scenes"), style="emoset", n_train=8, n_test=0, seed=0, ambiguity=1.0
+        tmp_path_factory.mktemp("scenes"),
+        style="emoset",
+        n_train=8,
+        n_test=0,
+        seed=0,
+        ambiguity=1.0,
+        size=112,
+        two_borrowed=0.5,
     )
     return manifest_rows(train)
 

@@ -11,8 +11,8 @@ import pytest
 from benchmarks.reasoning import Verdict, judge, run, run_verdicts, summarize
 from cluster.cli import main
 from cluster.config import ConfigError, load_config, to_yaml
-from cluster.data.responses import grpo_response, set_response
-from cluster.data.scenes import Scene
+from cluster.embedded.responses import grpo_response, set_response
+from cluster.embedded.scenes import Scene
 
 # contentment, with the mountain and the stars borrowed from awe (a 3–2 scene)
 SCENE = Scene(
@@ -94,7 +94,7 @@ def test_summary_shares() -> None:
 def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A run directory as the trainer leaves it: its config and dumped rollouts (reference answers for
     the first 6 samples, then the same 6 answered with their borrowed cues' label)."""
-    from cluster.datasets import resolve_source
+    from cluster.sources import resolve_source
 
     monkeypatch.setenv("EMO_R3_CACHE_DIR", str(tmp_path / "cache"))
     cfg = load_config(
@@ -175,8 +175,8 @@ def test_an_eval_folder_is_judged_per_data_set(
 ) -> None:
     """`emo-r3 eval`'s output (eval.json naming the sources, one response per held-out sample) is read
     like a run: the reference answers are right and faithful, the partner's answers wrong."""
-    from cluster.datasets import resolve_source
-    from cluster.evaluate import responses_filename
+    from cluster.held_out import responses_filename
+    from cluster.sources import resolve_source
 
     monkeypatch.setenv("EMO_R3_CACHE_DIR", str(tmp_path / "cache"))
     cfg = load_config(None, ["data.synthetic.n_train=8", "data.synthetic.n_test=8", "data.synthetic.size=56"])

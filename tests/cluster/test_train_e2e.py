@@ -15,11 +15,11 @@ from actors.rollout import RolloutWorker
 from actors.types import SamplingSettings
 from cluster.config import load_config
 from cluster.data.images import load_image
-from cluster.datasets import image_policy, load_samples
 from cluster.metrics import MetricsLog
 from cluster.replay import ReplayBuffer
-from cluster.sample import engine_settings, prompt_request
 from cluster.session import TrainingCluster
+from cluster.settings import engine_settings, image_policy, prompt_request
+from cluster.sources import load_samples
 from cluster.stops import NEVER, RunFailed
 from cluster.stream import PromptStream
 from cluster.train import RunState, _train_or_save, latest_checkpoint, next_batch, train_loop

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cluster.data.check import check_dataset, format_report
 from cluster.data.images import ImagePolicy
-from cluster.data.synthetic import generate
+from cluster.embedded.synthetic import generate
 
 
 def _png(size: int = 64) -> bytes:
@@ -58,7 +58,9 @@ def test_check_reports_no_usable_sample(tmp_path: Path) -> None:
 
 
 def test_check_of_the_synthetic_set_is_clean(tmp_path: Path) -> None:
-    train, _ = generate(tmp_path, style="emotion6", n_train=24, n_test=0, seed=0, size=56)
+    train, _ = generate(
+        tmp_path, style="emotion6", n_train=24, n_test=0, seed=0, size=56, ambiguity=0.25, two_borrowed=0.5
+    )
     report = check_dataset(train, policy=ImagePolicy(), workers=2)
     assert report.ok and report.n_good == 24 and not report.skipped
     assert set(report.per_label.values()) == {4}

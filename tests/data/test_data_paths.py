@@ -11,11 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from cluster.commands.data import check_command
 from cluster.config import DataConfig
 from cluster.data.check import check_dataset, format_report
 from cluster.data.manifest import load_dataset
 from cluster.data.rows import ROW_REASONS
-from cluster.datasets import check_command, read_samples
+from cluster.sources import read_samples
 
 
 def _png() -> bytes:

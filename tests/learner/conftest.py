@@ -3,7 +3,7 @@
 import pytest
 from tiny_inputs import CORPUS
 
-from cluster.tiny_model import ensure_tiny_model
+from cluster.embedded.tiny_model import ensure_tiny_model
 
 
 @pytest.fixture(scope="session")

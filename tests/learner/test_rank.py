@@ -19,7 +19,7 @@ from cluster.data.images import load_image
 from learner.batch import collate, completion_logits, num_completion_tokens, rollouts_from_group, split
 from learner.config import LearnerConfig
 from learner.grpo import GrpoLossConfig, grpo_loss, token_logprobs
-from learner.rank import LearnerRank, combine_rank_metrics
+from learner.rank import LearnerRank, RankSpec, combine_rank_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +64,12 @@ def spawn_ranks(ray, model_path, cfg, world_size, micro_batches_per_step, restor
     """world_size LearnerRanks as Ray actors, ready."""
     actor = ray.remote(num_cpus=0.5)(LearnerRank)
     port = free_port()
-    args = (LOOPBACK, port, micro_batches_per_step, load_image, None, restore_optimizer)
-    ranks = [actor.remote(model_path, cfg, r, world_size, *args) for r in range(world_size)]
+    specs = [
+        RankSpec(str(model_path), cfg, r, world_size, LOOPBACK, port, micro_batches_per_step, load_image,
+                 restore_optimizer=restore_optimizer)
+        for r in range(world_size)
+    ]  # fmt: skip
+    ranks = [actor.remote(spec) for spec in specs]
     assert ray.get([r.ping.remote() for r in ranks], timeout=RPC_TIMEOUT_S) == list(range(world_size))
     return ranks
 

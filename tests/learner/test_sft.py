@@ -9,11 +9,20 @@ from functools import partial
 import pytest
 import torch
 
+from cluster.cold_start import (
+    NO,
+    YES,
+    balanced_subset,
+    build_examples,
+    example_texts,
+    scene_prefix,
+    scene_texts,
+)
 from cluster.config import DataConfig
 from cluster.data.images import load_image
 from cluster.data.manifest import load_dataset
-from cluster.data.synthetic import generate
-from cluster.datasets import image_policy
+from cluster.embedded.synthetic import generate
+from cluster.settings import image_policy
 from learner.batch import IMAGE_PAD, TrainRollout, collate, split
 from learner.config import SftConfig
 from learner.sft import (
@@ -21,19 +30,12 @@ from learner.sft import (
     COHERENCE,
     CONSISTENCY,
     END_OF_TURN,
-    NO,
     SCENE,
-    YES,
-    balanced_subset,
-    build_examples,
     check_vision_alignment,
     encode,
     epoch_minibatches,
-    example_texts,
     nll_loss,
     rank_shards,
-    scene_prefix,
-    scene_texts,
 )
 from rewards.parsing import coherence_span, consistency_span
 from rewards.prompts import LABEL_SETS, build_user_text
@@ -52,7 +54,16 @@ def processor(random_init_tiny_model):
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
-    train, _ = generate(tmp_path_factory.mktemp("synthetic"), style="emoset", n_train=8, n_test=0, seed=0)
+    train, _ = generate(
+        tmp_path_factory.mktemp("synthetic"),
+        style="emoset",
+        n_train=8,
+        n_test=0,
+        seed=0,
+        size=112,
+        ambiguity=0.25,
+        two_borrowed=0.5,
+    )
     return load_dataset(train, label_set="emoset").samples
 
 

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from rewards.evaluation import EvalResult, evaluate_responses, markdown_table, paper_summary, predict, to_json
+from rewards.paper_metrics import (
+    EvalResult,
+    evaluate_responses,
+    markdown_table,
+    paper_summary,
+    predict,
+    to_json,
+)
 from rewards.rules import accuracy_reward
 
 LABELS = ("fear", "joy", "sadness", "surprise")

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from cluster.pools import LOOPBACK, DeadlineExceeded, Placement, Role, rendezvous_address
+from cluster.placement import LOOPBACK, DeadlineExceeded, Placement, Role, rendezvous_address
 
 
 def test_ranks_on_one_node_meet_on_loopback_and_across_nodes_at_rank_0s_node():

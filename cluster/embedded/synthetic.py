@@ -31,7 +31,7 @@ from .scenes import Scene, balanced_labels, get_style, sample_scene
 
 # what decides the bytes of an image or a manifest row: the modules that draw and word the scenes,
 # and the question text
-GENERATOR_SOURCES = tuple(f"cluster.data.{name}" for name in (
+GENERATOR_SOURCES = tuple(f"cluster.embedded.{name}" for name in (
     "accents", "backdrops", "faces", "objects", "render", "responses", "scenes", "shapes", "synthetic"
 )) + ("rewards.prompts",)  # fmt: skip
 MIN_SIZE = 56
@@ -43,16 +43,19 @@ _IMAGE_NAME = re.compile(r"^(train|test)-\d+\.png$")
 def generate(
     out_dir: str | os.PathLike[str],
     *,
-    style: str = "emoset",
+    style: str,
     n_train: int,
     n_test: int,
     seed: int,
-    size: int = 112,
-    ambiguity: float = 0.25,
-    two_borrowed: float = 0.5,
+    size: int,
+    ambiguity: float,
+    two_borrowed: float,
     workers: int | None = None,
 ) -> tuple[Path, Path]:
     """Write the data set (or keep it, if `meta.json` matches) and return (train.jsonl, test.jsonl).
+
+    Every parameter is given by the caller (the run's `data.synthetic` section, `SyntheticConfig`, holds
+    the defaults); none is restated here.
 
     `size` is the image side in pixels (>= 56); `ambiguity` the probability that a scene borrows one
     or two cues from its label's confusable partner; `workers` threads render and encode images.
@@ -81,7 +84,7 @@ def generate(
     return paths
 
 
-def reference_corpus(style: str, n: int, seed: int, ambiguity: float = 0.25) -> list[str]:
+def reference_corpus(style: str, n: int, seed: int, ambiguity: float) -> list[str]:
     """SET and GRPO reference responses of `n` scenes, without rendering images.
 
     With the same `seed` and `ambiguity`, these are exactly the responses of the `n` training samples

@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cluster import tiny_model  # noqa: E402
-from cluster.tiny_model import TAG_TOKENS, TinyModelSpec, ensure_tiny_model, model_digest  # noqa: E402
+from cluster.embedded import tiny_model  # noqa: E402
+from cluster.embedded.tiny_model import TAG_TOKENS, TinyModelSpec, ensure_tiny_model, model_digest  # noqa: E402
 from rewards.prompts import LABEL_SETS, build_question, build_user_text  # noqa: E402
 
 ALL_LABELS = sorted({label for labels in LABEL_SETS.values() for label in labels})
@@ -209,7 +209,7 @@ def captions(tmp_path_factory):
 def test_caption_pretraining_lowers_the_loss_and_is_part_of_the_build(captions, tmp_path, model_dir):
     import json
 
-    from cluster.tiny_model import PRETRAIN_LOG, PretrainSpec
+    from cluster.embedded.tiny_model import PRETRAIN_LOG, PretrainSpec
 
     spec = PretrainSpec(epochs=6, batch_size=8, lr=3e-3, warmup_steps=2)
     built = ensure_tiny_model(tmp_path, CORPUS, captions=captions, pretrain=spec)
@@ -252,7 +252,7 @@ def test_pretraining_steps_by_length_group_give_the_whole_batch_gradient(caption
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from cluster.data.images import load_image
-    from cluster.pretrain import _accumulate
+    from cluster.embedded.pretrain import _accumulate
     from learner.batch import collate, completion_logits, length_groups
     from learner.grpo import token_logprobs
     from learner.sft import ANSWER, ExampleText, encode, nll_loss

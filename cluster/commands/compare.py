@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cluster.commands.pipeline import datasets, eval_records
 from cluster.config import RunConfig, load_config
 from cluster.metrics import read_metrics
-from cluster.pipeline import datasets, eval_records
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,9 @@ def run_config(
 def grpo_sft_epochs(cfg: RunConfig) -> int:
     """Epochs giving the `<think>` cold start as many updates as the SET cold start of `cfg`: both
     train the answers and the epoch's scene examples; only SET adds the reflection tasks
-    (learner.sft.example_texts), which the `<think>` references cannot give."""
-    from learner.sft import reflection_count, steps_per_epoch
+    (cluster.cold_start.example_texts), which the `<think>` references cannot give."""
+    from cluster.cold_start import reflection_count
+    from learner.sft import steps_per_epoch
 
     sft = cfg.sft
     think = steps_per_epoch(sft.samples + sft.scene_examples, sft.batch_size)
@@ -119,7 +120,7 @@ def run_compare(
 ) -> int:
     """Run (or reuse) every (method, seed) pipeline, then print and write the comparison table."""
     if pipeline is None:
-        from cluster.pipeline import run_pipeline as pipeline
+        from cluster.commands.pipeline import run_pipeline as pipeline
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected some of {list(METHODS)}")

@@ -20,9 +20,9 @@ import ray
 
 from actors.types import Group, PromptRequest
 from cluster.data.sample import Sample
-from cluster.pools import DeadlineExceeded
+from cluster.placement import DeadlineExceeded
+from cluster.pools import RewardPool, RolloutPool
 from cluster.stops import NEVER, StopSignal
-from cluster.workers import RewardPool, RolloutPool
 from learner.batch import split
 from rewards.scoring import RolloutScore, ScoreItem
 

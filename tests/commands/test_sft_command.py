@@ -12,11 +12,8 @@ import torch
 
 from actors.engine import Engine, EngineSettings
 from actors.types import PromptRequest, SamplingSettings
-from cluster.config import ConfigError, load_config
-from cluster.data.images import load_image
-from cluster.datasets import image_policy
-from cluster.models import resolve_model
-from cluster.sft import (
+from cluster.cold_start import build_examples
+from cluster.commands.sft import (
     METRICS_FILE,
     learner_ranks,
     run_sft,
@@ -25,19 +22,16 @@ from cluster.sft import (
     sft_learner_config,
     sft_samples,
 )
+from cluster.config import ConfigError, load_config
+from cluster.data.images import load_image
+from cluster.models import resolve_model
+from cluster.settings import image_policy
 from learner.batch import collate, completion_logits, num_completion_tokens
 from learner.config import SftConfig
 from learner.grpo import token_logprobs
 from learner.policy import load_processor
 from learner.rank import combine_rank_metrics
-from learner.sft import (
-    SftExample,
-    build_examples,
-    check_vision_alignment,
-    nll_loss,
-    prompt_token_ids,
-    rank_shards,
-)
+from learner.sft import SftExample, check_vision_alignment, nll_loss, prompt_token_ids, rank_shards
 from rewards.prompts import build_user_text
 
 SMALL_DATA = ["data.synthetic.n_train=32", "data.synthetic.n_test=8"]

@@ -12,23 +12,9 @@ import os
 from pathlib import Path
 
 from cluster.config import SYNTHETIC_PREFIX, DataConfig, SyntheticConfig
-from cluster.data.images import ImagePolicy
-from cluster.data.rows import Columns
 from cluster.data.sample import LoadResult
 from cluster.paths import cache_dir
-
-
-def image_policy(cfg: DataConfig) -> ImagePolicy:
-    return ImagePolicy(
-        min_side=cfg.min_side, max_aspect=cfg.max_aspect, max_source_pixels=cfg.max_source_pixels,
-        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-    )  # fmt: skip
-
-
-def columns(cfg: DataConfig) -> Columns:
-    c = cfg.columns
-    return Columns(image_key=c.image, problem_key=c.problem, answer_key=c.answer, labels_key=c.labels,
-                   response_key=c.response)  # fmt: skip
+from cluster.settings import columns, image_policy
 
 
 def synthetic_root(cfg: SyntheticConfig, style: str) -> Path:
@@ -41,14 +27,10 @@ def resolve_source(source: str, cfg: DataConfig) -> str:
     """A loadable path for `source`; synthetic sources are generated (once) into the cache."""
     if not source.startswith(SYNTHETIC_PREFIX):
         return os.fspath(Path(source).expanduser())
-    from cluster.data.synthetic import generate
+    from cluster.embedded.synthetic import generate
 
     _, style, split = source.split(":")
-    s = cfg.synthetic
-    train, test = generate(
-        synthetic_root(s, style), style=style, n_train=s.n_train, n_test=s.n_test, seed=s.seed,
-        size=s.size, ambiguity=s.ambiguity, two_borrowed=s.two_borrowed,
-    )  # fmt: skip
+    train, test = generate(synthetic_root(cfg.synthetic, style), style=style, **cfg.synthetic.model_dump())
     return os.fspath(train if split == "train" else test)
 
 
@@ -77,18 +59,3 @@ def load_samples(source: str, cfg: DataConfig, *, workers: int | None = None) ->
     checked.errors[:0] = loaded.errors
     checked.hints[:0] = loaded.hints
     return checked
-
-
-def check_command(
-    path: str, *, label_set: str | None, workers: int, allow_outside_paths: bool = False
-) -> int:
-    """`emo-r3 data check`: print the report; exit 1 only when nothing usable is left."""
-    from cluster.data.check import check_dataset, format_report
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path!r} does not exist")
-    report = check_dataset(
-        path, label_set=label_set, workers=workers, allow_outside_paths=allow_outside_paths
-    )
-    print(format_report(report))
-    return 0 if report.ok else 1

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from cluster.commands.pipeline import before_after_table, run_pipeline
 from cluster.config import load_config
-from cluster.pipeline import before_after_table, run_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from actors.types import Completion, Group
-from cluster.batches import advantages
+from cluster.batching import advantages
 from cluster.data.sample import Sample
-from cluster.rollouts import IterationRollouts, ScoredGroup
+from cluster.generation import IterationRollouts, ScoredGroup
 from learner.config import LearnerConfig
 from rewards.rules import RewardBreakdown
 from rewards.scoring import RolloutScore

@@ -23,30 +23,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from cluster.cold_start import balanced_subset, build_examples, scene_prefix, scene_texts
 from cluster.config import ConfigError, RunConfig
 from cluster.data.images import load_image
-from cluster.data.responses import scene_description
 from cluster.data.sample import Sample
-from cluster.datasets import image_policy, load_samples, read_samples
+from cluster.embedded.responses import scene_description
 from cluster.models import resolve_model
-from cluster.pools import Placement, Role, wait_all
+from cluster.placement import Placement, Role, wait_all
 from cluster.rundir import run_dir
+from cluster.settings import image_policy, reward_rules
+from cluster.sources import load_samples, read_samples
 from learner.batch import TrainRollout, micro_batches_per_step, num_completion_tokens
 from learner.config import LearnerConfig
 from learner.rank import combine_rank_metrics
-from learner.sft import (
-    SftExample,
-    balanced_subset,
-    build_examples,
-    check_vision_alignment,
-    encode,
-    epoch_minibatches,
-    rank_shards,
-    scene_prefix,
-    scene_texts,
-)
+from learner.sft import SftExample, check_vision_alignment, encode, epoch_minibatches, rank_shards
 
-GRPO_TARGET = "response_grpo"  # the synthetic manifests' <think>-form reference (cluster.data.synthetic)
+GRPO_TARGET = "response_grpo"  # the synthetic manifests' <think>-form reference (cluster.embedded.synthetic)
 METRICS_FILE = "sft_metrics.jsonl"
 
 # One optimizer step: shards[rank] (that rank's part of the mini-batch) and its global target tokens.
@@ -106,7 +98,7 @@ def target_column(cfg: RunConfig) -> str:
 
 def sft_samples(cfg: RunConfig) -> list[Sample]:
     """A seeded subset of `sft.samples` training samples that carry a reference response, balanced
-    over the gold labels (learner.sft.balanced_subset)."""
+    over the gold labels (cluster.cold_start.balanced_subset)."""
     return _subset(cfg, _with_target(cfg))
 
 
@@ -192,7 +184,7 @@ def _examples(
     usable = _with_target(cfg)
     samples = _subset(cfg, usable)
     processor = load_processor(model_path)
-    examples = build_examples(samples, processor, cfg.sft, cfg.data.prompt_style, loader)
+    examples = build_examples(samples, processor, cfg.sft, cfg.data.prompt_style, loader, reward_rules(cfg))
     tasks = {task: sum(e.task == task for e in examples) for task in dict.fromkeys(e.task for e in examples)}
     print(f"SFT examples from {len(samples)} samples: {tasks}")
     texts = scene_texts(scene_pairs(cfg, usable, samples), cfg.data.prompt_style)
@@ -235,7 +227,7 @@ def learner_ranks(
     import ray
 
     from cluster.launch import start_ray, worker_env
-    from cluster.workers import learner_rank_args
+    from cluster.pools import learner_rank_args
     from learner.rank import LearnerRank
 
     on_gpu = learner_cfg.num_gpus_per_rank > 0

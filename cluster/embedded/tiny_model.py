@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cluster.embedded.pretrain import Caption, PretrainSpec, caption_pretrain
 from rewards.prompts import (
     GRPO_INSTRUCTION,
     LABEL_SETS,
@@ -42,7 +43,7 @@ SPECIAL_TOKENS = (
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )  # fmt: skip
-CAPTION_PROMPT = "Describe the image."  # the user text of caption pretraining (cluster.pretrain)
+CAPTION_PROMPT = "Describe the image."  # the user text of caption pretraining (cluster.embedded.pretrain)
 PRETRAIN_LOG = "pretrain_metrics.jsonl"
 # Reasoning tags: whole tokens, but not special, so decode(skip_special_tokens=True) keeps them.
 TAG_TOKENS = ("<step1>", "</step1>", "<step2>", "</step2>", "<step3>", "</step3>", "<think>", "</think>")
@@ -118,23 +119,6 @@ class TinyModelSpec:
             raise ValueError(f"invalid TinyModelSpec {self}: needs " + "; ".join(broken))
 
 
-Caption = tuple[str, str, str]  # (image path, user text, the description the model should answer)
-
-
-@dataclass(frozen=True)
-class PretrainSpec:
-    """Caption pretraining of the tiny model (cluster.pretrain): plain AdamW, token-mean NLL, linear
-    warmup then cosine decay to 0 over all updates (cluster.pretrain.pretrain_lr_factor)."""
-
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-
-
 def model_digest(
     corpus: Sequence[str],
     spec: TinyModelSpec,
@@ -164,7 +148,7 @@ def ensure_tiny_model(
     """The folder of the tiny model for (spec, corpus, captions) under cache_dir, built only if missing.
 
     With `captions` ((image path, user text, description) triples) the build ends with caption pretraining
-    (cluster.pretrain); without, the weights stay at their random initialisation (fast, for tests
+    (cluster.embedded.pretrain); without, the weights stay at their random initialisation (fast, for tests
     of the plumbing). Builds into a temporary sibling and renames it into place, so a reader never
     sees a partial folder and two racing processes both end up with the same complete one.
     """
@@ -195,7 +179,7 @@ def build_tiny_model(
     pretrain: PretrainSpec | None = None,
 ) -> None:
     """Write model (safetensors), tokenizer, processor, chat template and generation config to out_dir;
-    with `captions`, the weights are caption-pretrained first (cluster.pretrain)."""
+    with `captions`, the weights are caption-pretrained first (cluster.embedded.pretrain)."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -205,8 +189,6 @@ def build_tiny_model(
         torch.manual_seed(spec.seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
         if captions:
-            from cluster.pretrain import caption_pretrain
-
             history = caption_pretrain(
                 model, _processor(tokenizer, spec), captions, pretrain or PretrainSpec()
             )

@@ -12,19 +12,17 @@ import random
 import statistics
 import time
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
-from actors.engine import Engine, EngineSettings
-from actors.types import Group, PromptRequest, SamplingSettings
+from actors.engine import Engine
+from actors.types import Group
 from cluster.config import RunConfig
 from cluster.data.sample import Sample
-from cluster.datasets import image_policy, load_samples
 from cluster.models import resolve_model
 from cluster.rundir import run_dir
+from cluster.settings import engine_settings, image_loader, prompt_request, reward_rules, rollout_sampling
+from cluster.sources import load_samples
 from rewards.judge import EngineJudge
-from rewards.prompts import build_user_text
-from rewards.rules import RewardRules
 from rewards.scoring import RolloutScore, ScoreItem, score_items
 
 COMPONENTS = ("accuracy", "format", "coherence", "consistency", "score")
@@ -35,32 +33,6 @@ def _timed(times: dict[str, float], name: str):
     start = time.perf_counter()
     yield
     times[name] = time.perf_counter() - start
-
-
-def engine_settings(cfg: RunConfig, model_path: str) -> EngineSettings:
-    r = cfg.rollout
-    return EngineSettings(
-        model_path=model_path, dtype=r.dtype, max_model_len=r.max_model_len, max_num_seqs=r.max_num_seqs,
-        kv_cache_mib=r.kv_cache_mib, gpu_memory_utilization=r.gpu_memory_utilization,
-        tensor_parallel_size=r.tensor_parallel_size, enforce_eager=r.enforce_eager, seed=cfg.cluster.seed,
-    )  # fmt: skip
-
-
-def rollout_sampling(cfg: RunConfig) -> SamplingSettings:
-    r = cfg.rollout
-    return SamplingSettings(
-        n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens
-    )
-
-
-def reward_rules(cfg: RunConfig) -> RewardRules:
-    w = cfg.reward
-    return RewardRules(total=w.total, coherence_span=w.coherence_span, strict_yes_no=w.strict_yes_no,
-                       strict_label_match=w.strict_label_match, judge_prompt=w.judge.prompt)  # fmt: skip
-
-
-def prompt_request(sample: Sample, group_id: int, style: str, seed: int) -> PromptRequest:
-    return PromptRequest(group_id, build_user_text(sample.question, style), sample.image, seed=seed)
 
 
 def run_sample(cfg: RunConfig) -> int:
@@ -75,7 +47,7 @@ def run_sample(cfg: RunConfig) -> int:
     rng = random.Random(cfg.cluster.seed)
     batch = rng.sample(loaded.samples, min(cfg.cluster.prompts_per_iteration, len(loaded.samples)))
     with _timed(times, "engine start"):
-        engine = Engine(engine_settings(cfg, model_path), partial(_load, policy=image_policy(cfg.data)))
+        engine = Engine(engine_settings(cfg, model_path), image_loader(cfg.data))
     requests = [
         prompt_request(s, i, cfg.data.prompt_style, cfg.cluster.seed * 100_003 + i)
         for i, s in enumerate(batch)
@@ -90,12 +62,6 @@ def run_sample(cfg: RunConfig) -> int:
     _dump(out, batch, groups, scores)
     print(_summary(cfg, model_path, loaded, groups, scores, times, out))
     return 0
-
-
-def _load(ref, policy):
-    from cluster.data.images import load_image
-
-    return load_image(ref, policy)
 
 
 def _dump(path: Path, batch: list[Sample], groups: list[Group], scores: list[list[RolloutScore]]) -> None:

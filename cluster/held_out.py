@@ -1,37 +1,44 @@
-"""`emo-r3 eval`: accuracy of a policy on held-out data sets, the way the paper reports it (METHOD.md §5).
+"""Held-out evaluation, the way the paper reports it (METHOD.md §5): for `emo-r3 eval`
+(cluster.commands.evaluate) and inside training (`Evaluator`).
 
 One completion per sample, sampled with the release's validation settings (temperature 0.6, top_p
-0.95; or greedy), scored by `rewards.evaluation`: an answer without a label in its last box is
+0.95; or greedy), scored by `rewards.paper_metrics`: an answer without a label in its last box is
 unparsed, counted wrong and reported as such. Generation goes through any `GenerateFn`, so the same
-code serves an in-process `Engine.generate` and a Ray rollout worker:
+code serves an in-process `Engine.generate` and the rollout workers:
 
     evaluate_sources(lambda reqs, s: ray.get(worker.generate.remote(reqs, s), timeout=600), ...)
+
+`Evaluator` runs inside training, every `cluster.eval_every` iterations and after the last, on the
+rollout workers (each call's requests split evenly over them) at the current policy version (before
+that iteration's update), without reflection (METHOD.md §3); it lands in metrics.jsonl as
+`eval/<dataset>/<accuracy|parse_failure_rate|format_rate>` and `eval/<A^I|A^O|A>`, with its wall
+time as `timing_s/eval` (not part of the iteration's `timing_s/iteration`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from actors.types import Group, PromptRequest, SamplingSettings
-from cluster.config import SYNTHETIC_PREFIX, ConfigError, DataConfig, RunConfig
+from cluster.config import SYNTHETIC_PREFIX, DataConfig, RunConfig
 from cluster.data.sample import Sample
-from rewards.evaluation import (
+from rewards.paper_metrics import (
     EvalResult,
     PromptStyle,
     evaluate_responses,
-    markdown_table,
     paper_summary,
     predict,
-    to_json,
 )
 from rewards.prompts import build_user_text
+
+if TYPE_CHECKING:
+    from cluster.session import TrainingCluster
 
 GenerateFn = Callable[[list[PromptRequest], SamplingSettings], list[Group]]
 
@@ -91,7 +98,7 @@ def load_sources(
     A missing path raises FileNotFoundError and a source without a usable sample ValueError, both
     before anything is generated. Two sources with the same basename keep their full source strings.
     """
-    from cluster.datasets import load_samples
+    from cluster.sources import load_samples
 
     for source in sources:
         if not source.startswith(SYNTHETIC_PREFIX) and not Path(source).expanduser().exists():
@@ -156,7 +163,7 @@ def evaluate_sources(
     generate_fn: GenerateFn, sources: list[str], data_cfg: DataConfig, *, prompt_style: PromptStyle = "set",
     sampling: SamplingSettings | None = None, seed: int = 0, limit: int | None = None,
 ) -> dict[str, EvalResult]:  # fmt: skip
-    """Load each source (`cluster.datasets.load_samples`) and evaluate it, by data set name."""
+    """Load each source (`cluster.sources.load_samples`) and evaluate it, by data set name."""
     datasets = load_sources(sources, data_cfg, limit=limit, seed=seed)
     sampling = sampling or evaluation_sampling()
     return evaluate_samples(generate_fn, datasets, prompt_style=prompt_style, sampling=sampling, seed=seed)
@@ -215,103 +222,43 @@ def write_responses(path: Path, samples: Sequence[Sample], responses: Sequence[s
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def run_eval(
-    cfg: RunConfig, model: str, sources: list[str], *, in_domain: list[str] | None = None, greedy: bool = False,
-    limit: int | None = None, max_new_tokens: int | None = None, prompt_style: PromptStyle | None = None,
-    out: str | None = None, seed: int | None = None,
-) -> int:  # fmt: skip
-    """`emo-r3 eval`: evaluate `model` on every source, print the table, write eval.json and the PNGs.
-
-    `cfg` supplies data settings and engine defaults; the keyword arguments override it. In-domain
-    sources default to the first one (METHOD.md §5). Returns the exit code.
-    """
-    from cluster.models import TINY, resolve_model
-
-    sources = list(dict.fromkeys(sources))
-    in_domain = _check_request(model, sources, in_domain or sources[:1], limit, max_new_tokens)
-    seed = cfg.cluster.seed if seed is None else seed
-    start = time.perf_counter()
-    try:
-        datasets = load_sources(sources, cfg.data, limit=limit, seed=seed)
-    except ValueError as err:  # a source without a usable sample: the work cannot be done
-        print(f"emo-r3 eval: {err}")
-        return 1
-    model_path = resolve_model(model if model == TINY else os.fspath(Path(model).expanduser()))
-    sampling = evaluation_sampling(greedy, max_new_tokens or cfg.rollout.max_new_tokens)
-    engine = _engine(cfg, model_path, sampling.max_new_tokens, seed)
-    style = prompt_style or cfg.data.prompt_style
-    responses = generate_datasets(engine.generate, datasets, style, sampling, seed)
-    results = score_responses(datasets, responses, style)
-    summary = paper_summary(results, _names_of(in_domain, sources, list(datasets)))
-    out_dir = Path(out).expanduser() if out else Path(model_path) / "eval"
-    meta = {
-        "model": model_path,
-        "prompt_style": style,
-        "sampling": asdict(sampling),
-        "seed": seed,
-        "limit": limit,
-        "sources": dict(zip(datasets, sources, strict=True)),  # data set name -> source (bench reasoning)
-        "data": cfg.data.model_dump(mode="json"),
-    }
-    _write(out_dir, meta, results, summary, datasets, responses)
-    print(f"EMO-R3 eval: {model_path}, {'greedy' if greedy else 'T=0.6 top_p=0.95'}, {style} prompt, "
-          f"max_new_tokens {sampling.max_new_tokens}, {time.perf_counter() - start:.1f} s\n")  # fmt: skip
-    print(markdown_table(results, summary))
-    print(f"\nwritten to {out_dir}")
-    return 0
-
-
-def _check_request(
-    model: str, sources: list[str], in_domain: list[str], limit: int | None, max_new_tokens: int | None
-) -> list[str]:
-    """The in-domain sources, after the checks that need nothing loaded (ConfigError / FileNotFoundError: exit 2)."""
-    from cluster.models import TINY
-
-    if unknown := [s for s in in_domain if s not in sources]:
-        raise ConfigError(
-            f"--in-domain {unknown} is not among --data {sources}; name sources given to --data"
+class Evaluator:
+    def __init__(self, cfg: RunConfig, tc: TrainingCluster):
+        self.cfg = cfg
+        self.tc = tc
+        self.every = cfg.cluster.eval_every if cfg.data.eval else 0
+        self.datasets = (
+            load_sources(cfg.data.eval, cfg.data, limit=cfg.cluster.eval_limit, seed=cfg.cluster.seed)
+            if self.every
+            else {}
         )
-    for name, value in (("--limit", limit), ("--max-new-tokens", max_new_tokens)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} is {value}; give a positive number")
-    if model != TINY and not Path(model).expanduser().is_dir():
-        raise FileNotFoundError(f"model folder {model!r} does not exist; pass an HF-format folder or 'tiny'")
-    return list(in_domain)
+        self.sampling = evaluation_sampling(cfg.cluster.eval_greedy, cfg.rollout.max_new_tokens)
+        self.last_version: int | None = None
 
+    def _generate(self, requests, sampling):
+        timeout_s = self.cfg.cluster.generate_timeout_s
+        return self.tc.rollout.generate_all(requests, sampling, timeout_s, "held-out evaluation")
 
-def _names_of(chosen: Sequence[str], sources: Sequence[str], names: Sequence[str]) -> list[str]:
-    """The data set names of the `chosen` sources (`names` are in the order of `sources`)."""
-    return [names[sources.index(source)] for source in chosen]
+    def run(self, version: int) -> dict[str, float]:
+        start = time.perf_counter()
+        results = evaluate_samples(self._generate, self.datasets, prompt_style=self.cfg.data.prompt_style,
+                                   sampling=self.sampling, seed=self.cfg.cluster.seed)  # fmt: skip
+        self.last_version = version
+        metrics: dict[str, float] = {"eval/policy_version": float(version)}
+        for name, r in results.items():
+            metrics |= {f"eval/{name}/accuracy": r.accuracy, f"eval/{name}/parse_failure_rate": r.parse_failure_rate,
+                        f"eval/{name}/format_rate": r.format_rate}  # fmt: skip
+        summary = paper_summary(results, in_domain=[next(iter(results))])
+        metrics |= {f"eval/{k}": v for k in ("A^I", "A^O", "A") if (v := summary.get(k)) is not None}
+        metrics["timing_s/eval"] = time.perf_counter() - start
+        return metrics
 
+    def maybe_run(self, iteration: int, version: int) -> dict[str, float]:
+        """Before iteration `iteration`'s update, when it is a multiple of eval_every."""
+        return self.run(version) if self.every and iteration % self.every == 0 else {}
 
-def _engine(cfg: RunConfig, model_path: str, max_new_tokens: int, seed: int):
-    """One in-process engine with the run's rollout settings, room for the prompt and the answer."""
-    from functools import partial
-
-    from actors.engine import Engine
-    from cluster.datasets import image_policy
-    from cluster.sample import engine_settings
-
-    settings = engine_settings(cfg, model_path)
-    max_model_len = max(settings.max_model_len, PROMPT_TOKEN_ROOM + max_new_tokens)
-    settings = replace(settings, max_model_len=max_model_len, seed=seed)
-    return Engine(settings, partial(_load_image, policy=image_policy(cfg.data)))
-
-
-def _load_image(ref, policy):
-    from cluster.data.images import load_image
-
-    return load_image(ref, policy)
-
-
-def _write(
-    out_dir: Path, meta: dict, results: dict[str, EvalResult], summary: dict,
-    datasets: dict[str, list[Sample]], responses: dict[str, list[str]],
-) -> None:  # fmt: skip
-    """eval.json (how it was produced, the results, the summary), and per data set a confusion PNG
-    and the responses file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps({**meta, **to_json(results, summary)}, indent=2) + "\n")
-    for name, result in results.items():
-        plot_confusion(result, out_dir / confusion_filename(name))
-        write_responses(out_dir / responses_filename(name), datasets[name], responses[name])
+    def final(self, iterations: int, version: int) -> dict[str, float]:
+        """After the last iteration, unless that version was just evaluated."""
+        if not self.every or self.last_version == version:
+            return {}
+        return {"policy_version": float(version)} | self.run(version)

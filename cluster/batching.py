@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cluster.rollouts import IterationRollouts
+from cluster.generation import IterationRollouts
 from learner.batch import TrainRollout, num_completion_tokens, rollouts_from_group, split
 from learner.config import LearnerConfig
 from learner.grpo import group_advantages

@@ -22,8 +22,8 @@ CURVE_REWARDS = ("accuracy", "format", "coherence", "consistency", "score")
 
 def run_pipeline(cfg: RunConfig) -> int:
     from cluster.checkpoints import latest_checkpoint
+    from cluster.commands.sft import run_sft
     from cluster.launch import check_address_is_safe
-    from cluster.sft import run_sft
     from cluster.train import run_train
 
     check_address_is_safe(cfg)  # before the run folder

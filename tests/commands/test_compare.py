@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.compare import METHODS, comparison_table, mean_std, run_compare, run_config
+from cluster.commands.compare import METHODS, comparison_table, mean_std, run_compare, run_config
 from cluster.config import RunConfig
 
 

@@ -13,10 +13,10 @@ import ray
 
 from actors.types import Completion, Group, PromptRequest
 from cluster.data.sample import Sample
-from cluster.pools import DeadlineExceeded
-from cluster.rollouts import ROUND_SEED_STRIDE, generate_and_score, resample_all_wrong
+from cluster.generation import ROUND_SEED_STRIDE, generate_and_score, resample_all_wrong
+from cluster.placement import DeadlineExceeded
+from cluster.pools import RewardPool, RolloutPool
 from cluster.stops import Stopped, StopSignal
-from cluster.workers import RewardPool, RolloutPool
 from rewards.rules import RewardRules
 from rewards.scoring import ScoreItem, score_items
 from rewards.worker import refuse_if_expired

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-import cluster.evaluate as evaluate
+import cluster.held_out as held_out
 from actors.types import Completion, Group, PromptRequest, SamplingSettings
 from cluster.config import DataConfig
 from cluster.data.sample import Sample
-from cluster.data.synthetic import generate
-from cluster.datasets import load_samples
+from cluster.embedded.synthetic import generate
+from cluster.sources import load_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     """A real synthetic test split of 8 Emotion6-style images."""
-    _, test = generate(tmp_path_factory.mktemp("emotion6"), style="emotion6", n_train=8, n_test=8, seed=3)
+    _, test = generate(
+        tmp_path_factory.mktemp("emotion6"),
+        style="emotion6",
+        n_train=8,
+        n_test=8,
+        seed=3,
+        size=112,
+        ambiguity=0.25,
+        two_borrowed=0.5,
+    )
     return test
 
 
@@ -34,7 +43,15 @@ class FakeEngine:
         self.gold_by_image = gold_by_image
         self.calls: list[tuple[list[int], SamplingSettings]] = []
 
-    def generate(self, requests: list[PromptRequest], sampling: SamplingSettings) -> list[Group]:
+    def generate(
+        self,
+        requests: list[PromptRequest],
+        sampling: SamplingSettings,
+        style="emoset",
+        size=112,
+        ambiguity=0.25,
+        two_borrowed=0.5,
+    ) -> list[Group]:
         self.calls.append(([r.group_id for r in requests], sampling))
         return [self._group(r) for r in requests]
 
@@ -47,8 +64,8 @@ def test_evaluate_sources_scores_canned_answers_on_a_real_manifest_in_batches(ma
     samples = load_samples(str(manifest), DataConfig()).samples
     assert len(samples) == 8
     fake = FakeEngine({s.image: s.answer for s in samples})
-    monkeypatch.setattr(evaluate, "BATCH_SIZE", 3)
-    results = evaluate.evaluate_sources(
+    monkeypatch.setattr(held_out, "BATCH_SIZE", 3)
+    results = held_out.evaluate_sources(
         fake.generate, [str(manifest)], DataConfig(), prompt_style="set", seed=0
     )
     result = results["test.jsonl"]
@@ -61,8 +78,8 @@ def test_evaluate_sources_scores_canned_answers_on_a_real_manifest_in_batches(ma
 
 
 def test_limit_keeps_the_same_seeded_subset_in_order(manifest):
-    first = evaluate.load_sources([str(manifest)], DataConfig(), limit=5, seed=7)["test.jsonl"]
-    again = evaluate.load_sources([str(manifest)], DataConfig(), limit=5, seed=7)["test.jsonl"]
+    first = held_out.load_sources([str(manifest)], DataConfig(), limit=5, seed=7)["test.jsonl"]
+    again = held_out.load_sources([str(manifest)], DataConfig(), limit=5, seed=7)["test.jsonl"]
     everything = load_samples(str(manifest), DataConfig()).samples
     assert [s.sample_id for s in first] == [s.sample_id for s in again]
     assert len(first) == 5
@@ -71,17 +88,17 @@ def test_limit_keeps_the_same_seeded_subset_in_order(manifest):
 
 
 def test_evaluation_sampling_is_the_release_validation_or_greedy():
-    assert evaluate.evaluation_sampling(max_new_tokens=32) == SamplingSettings(
+    assert held_out.evaluation_sampling(max_new_tokens=32) == SamplingSettings(
         n=1, temperature=0.6, top_p=0.95, max_new_tokens=32, logprobs=False
     )
-    assert evaluate.evaluation_sampling(greedy=True).temperature == 0.0
+    assert held_out.evaluation_sampling(greedy=True).temperature == 0.0
 
 
 def test_dataset_names_are_the_synthetic_spec_or_the_basename():
-    assert evaluate.dataset_name("synthetic:emotion6:test") == "emotion6:test"
-    assert evaluate.dataset_name("/data/Emotion6/") == "Emotion6"
-    assert evaluate.confusion_filename("emoset:test") == "confusion_emoset_test.png"
-    assert evaluate.responses_filename("emoset:test") == "responses_emoset_test.jsonl"
+    assert held_out.dataset_name("synthetic:emotion6:test") == "emotion6:test"
+    assert held_out.dataset_name("/data/Emotion6/") == "Emotion6"
+    assert held_out.confusion_filename("emoset:test") == "confusion_emoset_test.png"
+    assert held_out.responses_filename("emoset:test") == "responses_emoset_test.jsonl"
 
 
 def test_responses_file_keeps_each_sample_with_the_prediction_the_accuracy_counts(tmp_path):
@@ -90,13 +107,13 @@ def test_responses_file_keeps_each_sample_with_the_prediction_the_accuracy_count
         Sample(f"s{i}", "x.png", "q", labels, answer) for i, answer in enumerate(("fear", "joy", "anger"))
     ]
     responses = ["<step1>a</step1> \\boxed{fear}", "\\boxed{anger}", "no box at all"]
-    evaluate.write_responses(tmp_path / "r.jsonl", samples, responses)
+    held_out.write_responses(tmp_path / "r.jsonl", samples, responses)
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [(r["sample_id"], r["answer"], r["prediction"]) for r in rows] == [
         ("s0", "fear", "fear"), ("s1", "joy", "anger"), ("s2", "anger", None)
     ]  # fmt: skip
     assert [r["response"] for r in rows] == responses
-    result = evaluate.score_responses({"d": samples}, {"d": responses}, "set")["d"]
+    result = held_out.score_responses({"d": samples}, {"d": responses}, "set")["d"]
     assert result.accuracy == pytest.approx(1 / 3) and result.parse_failure_rate == pytest.approx(1 / 3)
 
 
@@ -146,7 +163,7 @@ def test_eval_command_runs_the_tiny_model_on_two_synthetic_sets(tmp_path):
     for dataset, result in record["datasets"].items():
         rows = [
             json.loads(line)
-            for line in (tmp_path / evaluate.responses_filename(dataset)).read_text().splitlines()
+            for line in (tmp_path / held_out.responses_filename(dataset)).read_text().splitlines()
         ]
         assert len(rows) == 4 and all(isinstance(row["response"], str) for row in rows)
         right = sum(row["prediction"] == row["answer"] for row in rows)

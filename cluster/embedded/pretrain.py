@@ -8,7 +8,7 @@ default"): from a random initialisation 12 RL iterations moved held-out accuracy
 after a caption pretraining, by +14.1 points.
 
 So the tiny build ends with a short captioning stage: synthetic images of both styles drawn with
-their own seed (`cluster.models.PRETRAIN_SEED`: none is an image of the runs' train or test splits),
+their own seed (`cluster.embedded.corpus.PRETRAIN_SEED`: none is an image of the runs' train or test splits),
 the user text "Describe the image." and as target the scene description alone (step 1 of the
 reference reasoning: which sky, ground, face, object and accent are visible, never an emotion label).
 Plain torch AdamW in the building process, seeded, token-mean NLL of the description tokens, linear
@@ -22,17 +22,34 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from cluster.tiny_model import Caption, PretrainSpec
 from learner.batch import TrainRollout, collate, completion_logits, length_groups, num_completion_tokens
 from learner.grpo import token_logprobs
 from learner.policy import warmup_factor
 from learner.sft import ANSWER, ExampleText, encode, epoch_minibatches, nll_loss
 
 LENGTH_SLACK = 16  # tokens of padding a row may carry in its length group (the descriptions vary by ~10)
+
+
+Caption = tuple[str, str, str]  # (image path, user text, the description the model should answer)
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Caption pretraining of the tiny model (cluster.embedded.pretrain): plain AdamW, token-mean NLL, linear
+    warmup then cosine decay to 0 over all updates (cluster.embedded.pretrain.pretrain_lr_factor)."""
+
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
 
 
 def caption_pretrain(
