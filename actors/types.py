@@ -7,9 +7,27 @@ encoded bytes) and are decoded where they are used, never replicated per rollout
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 ImageRef = str | bytes
+
+SEED_MULTIPLIER = 1_000_003
+SEED_MODULUS = 2**63  # every derived seed fits a signed 64-bit integer (vLLM, torch.Generator)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """The one way the service makes a seed from the things it depends on, e.g. (run seed, iteration,
+    sample id, round): fold each part in as `h * 1_000_003 + part` (mod 2**63), a string part by a
+    stable 63-bit hash of it. Deterministic across processes, hosts and restarts, never a counter, so a
+    resumed run draws exactly what an uninterrupted one does. `derive_seed(a, b)` is `a * 1_000_003 + b`
+    for small integers."""
+    seed = 0
+    for part in parts:
+        if isinstance(part, str):
+            part = int.from_bytes(hashlib.blake2b(part.encode(), digest_size=8).digest(), "little")
+        seed = (seed * SEED_MULTIPLIER + part) % SEED_MODULUS
+    return seed
 
 
 @dataclass(frozen=True)

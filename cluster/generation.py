@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import ray
 
-from actors.types import Group, PromptRequest
+from actors.types import Group, PromptRequest, derive_seed
 from cluster.data.sample import Sample
 from cluster.placement import DeadlineExceeded
 from cluster.pools import RewardPool, RolloutPool
@@ -32,6 +32,7 @@ class ScoredGroup:
     sample: Sample
     group: Group
     scores: list[RolloutScore]
+    seed: int | None = None  # the request's sampling seed; the reflections' seeds derive from it
 
 
 @dataclass
@@ -75,7 +76,8 @@ def generate_and_score(
                 if ref in generating:
                     pending = generating.pop(ref)
                     groups = [
-                        ScoredGroup(batch[i], g, []) for i, g in zip(pending.chunk, ray.get(ref), strict=True)
+                        ScoredGroup(batch[i], g, [], requests[i].seed)
+                        for i, g in zip(pending.chunk, ray.get(ref), strict=True)
                     ]
                     for part in split(
                         groups, min(len(groups), len(reward.actors))
@@ -95,9 +97,6 @@ def generate_and_score(
     result.reward_tail_s = time.perf_counter() - start - result.generate_s
     result.groups = sorted(done, key=lambda sg: sg.group.group_id)
     return result
-
-
-ROUND_SEED_STRIDE = 1_000_000_007  # a resampling round's request seed: the group's seed + round x stride
 
 
 def accuracies(sg: ScoredGroup) -> list[float]:
@@ -151,7 +150,8 @@ def resample_all_wrong(
 
 
 def _reseeded(request: PromptRequest, round_: int) -> PromptRequest:
-    return replace(request, seed=None if request.seed is None else request.seed + round_ * ROUND_SEED_STRIDE)
+    """The request of resampling round `round_`: its seed derives from the group's and the round."""
+    return replace(request, seed=None if request.seed is None else derive_seed(request.seed, round_))
 
 
 def _joined(first: ScoredGroup, more: ScoredGroup) -> ScoredGroup:
@@ -159,7 +159,7 @@ def _joined(first: ScoredGroup, more: ScoredGroup) -> ScoredGroup:
     if a.prompt_token_ids != b.prompt_token_ids or a.policy_version != b.policy_version:
         raise RuntimeError(f"group {a.group_id}: a resampled group differs in prompt or policy version")
     group = replace(a, completions=[*a.completions, *b.completions], generate_s=a.generate_s + b.generate_s)
-    return ScoredGroup(first.sample, group, [*first.scores, *more.scores])
+    return ScoredGroup(first.sample, group, [*first.scores, *more.scores], first.seed)
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:
@@ -167,7 +167,7 @@ def _chunks(n: int, size: int) -> list[list[int]]:
 
 
 def _item(sg: ScoredGroup) -> ScoreItem:
-    return ScoreItem(sg.group, sg.sample.answer, sg.sample.labels, sg.sample.image)
+    return ScoreItem(sg.group, sg.sample.answer, sg.sample.labels, sg.sample.image, sg.seed)
 
 
 def _attach(groups: list[ScoredGroup], ref: ray.ObjectRef, result: IterationRollouts) -> list[ScoredGroup]:

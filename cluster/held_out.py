@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from actors.types import Group, PromptRequest, SamplingSettings
+from actors.types import Group, PromptRequest, SamplingSettings, derive_seed
 from cluster.config import SYNTHETIC_PREFIX, DataConfig, RunConfig
 from cluster.data.sample import Sample
 from rewards.paper_metrics import (
@@ -48,7 +48,6 @@ EVAL_TEMPERATURE = 0.6
 EVAL_TOP_P = 0.95
 BATCH_SIZE = 256  # requests per generate call: one engine batch at the default rollout.max_num_seqs
 PROMPT_TOKEN_ROOM = 1024  # max_model_len is raised to at least this + max_new_tokens
-_SEED_STRIDE = 100_003  # per-request seed = seed * stride + index, as `emo-r3 sample` does
 
 
 def evaluation_sampling(greedy: bool = False, max_new_tokens: int = 128) -> SamplingSettings:
@@ -68,7 +67,9 @@ def generate_responses(
 ) -> list[str]:
     """The first completion's text for each sample, in order, `BATCH_SIZE` requests per call."""
     requests = [
-        PromptRequest(i, build_user_text(s.question, prompt_style), s.image, seed=seed * _SEED_STRIDE + i)
+        PromptRequest(
+            i, build_user_text(s.question, prompt_style), s.image, seed=derive_seed(seed, s.sample_id)
+        )
         for i, s in enumerate(samples)
     ]
     responses: list[str] = []

@@ -16,7 +16,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 
+from actors.types import derive_seed
 from cluster.data.sample import Sample
+
+REPLAY_SEED_OFFSET = 7_919  # the draw's seed is apart from the stream's epoch seeds
 
 
 class ReplayBuffer:
@@ -44,7 +47,7 @@ class ReplayBuffer:
         ids = sorted(i for i in self.accuracy if i not in skip)
         if count <= 0 or not ids:
             return []
-        rng = random.Random(self.seed * 1_000_003 + iteration + 7_919)
+        rng = random.Random(derive_seed(self.seed, iteration + REPLAY_SEED_OFFSET))
         # Efraimidis-Spirakis: the `count` largest u^(1/w) are a weighted draw without replacement.
         keys = {i: rng.random() ** (1.0 / (1.0 - self.accuracy[i])) for i in ids}
         chosen = sorted(ids, key=lambda i: keys[i], reverse=True)[:count]

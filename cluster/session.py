@@ -29,6 +29,7 @@ from cluster.models import resolve_model
 from cluster.placement import DeadlineExceeded, Placement, Role, wait_all
 from cluster.pools import LearnerGroup, Receivers, RewardPool, RolloutPool
 from cluster.settings import (
+    group_seed,
     image_loader,
     judge_settings,
     learner_rank_specs,
@@ -51,11 +52,6 @@ def roles(cfg: RunConfig) -> list[Role]:
         Role("reward", w.num_workers, w.num_cpus_per_worker, w.num_gpus_per_worker),
         Role("learner", lr.num_ranks, lr.num_cpus_per_rank, lr.num_gpus_per_rank),
     ]
-
-
-def rollout_seed(run_seed: int, iteration: int, index: int) -> int:
-    """The sampling seed of the `index`-th prompt of `iteration` (a resampling round adds its stride)."""
-    return (run_seed * 1_000_003 + iteration) * 10_007 + index
 
 
 def _first_line(err: BaseException) -> str:
@@ -85,8 +81,7 @@ class TrainingCluster:
                 cfg, model_path if follows else resolve_model(cfg.reward.judge.model or "")
             )
         self.reward = RewardPool(self.placement.spawn("reward", RewardWorker, [
-            (cfg.reward, reward_rules(cfg), judge, loader, cfg.cluster.seed + i, version)
-            for i in range(cfg.reward.num_workers)
+            (cfg.reward, reward_rules(cfg), judge, loader, version) for _ in range(cfg.reward.num_workers)
         ]), follows_policy=cfg.reward.judge_follows_policy)  # fmt: skip
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path, loader, resume))
         self._wait_ready()
@@ -125,7 +120,7 @@ class TrainingCluster:
         resampled (`rollout.resample_all_wrong` rounds); every rollout checked to be of `version`."""
         cfg = self.cfg
         requests = [
-            prompt_request(s, i, cfg.data.prompt_style, rollout_seed(cfg.cluster.seed, iteration, i))
+            prompt_request(s, i, cfg.data.prompt_style, group_seed(cfg.cluster.seed, iteration, s.sample_id))
             for i, s in enumerate(batch)
         ]
         deadlines = {

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from actors.engine import EngineSettings
-from actors.types import PromptRequest, SamplingSettings
+from actors.types import PromptRequest, SamplingSettings, derive_seed
 from cluster.config import DataConfig, RunConfig
 from cluster.data.images import ImagePolicy, load_image
 from cluster.data.rows import Columns
@@ -83,6 +83,12 @@ def columns(cfg: DataConfig) -> Columns:
         labels_key=c.labels,
         response_key=c.response,
     )
+
+
+def group_seed(run_seed: int, iteration: int, sample_id: str) -> int:
+    """The sampling seed of a prompt's group in an iteration; its resampling rounds and its rollouts'
+    reflections derive theirs from it (cluster.generation, rewards.scoring)."""
+    return derive_seed(run_seed, iteration, sample_id)
 
 
 def prompt_request(sample: Sample, group_id: int, style: str, seed: int) -> PromptRequest:

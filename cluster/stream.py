@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from actors.types import derive_seed
+
 T = TypeVar("T")
 
 
@@ -35,7 +37,7 @@ class PromptStream(Generic[T]):
     def _permutation(self, epoch: int) -> list[int]:
         order = list(range(len(self.items)))
         if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            random.Random(derive_seed(self.seed, epoch)).shuffle(order)
         return order
 
     def next_batch(self, count: int | None = None) -> list[T]:

@@ -20,15 +20,13 @@ def judge_sampling(cfg: JudgeConfig) -> SamplingSettings:
 class EngineJudge:
     """Generates reflections on an engine; reflections are never trained on."""
 
-    def __init__(self, engine: Engine, cfg: JudgeConfig, seed: int = 0):
+    def __init__(self, engine: Engine, cfg: JudgeConfig):
         self.engine = engine
         self.sampling = judge_sampling(cfg)
-        self.seed = seed
-        self.calls = 0
 
     def reflect(self, requests: Sequence[ReflectionRequest]) -> list[str]:
-        self.calls += 1
-        base = self.seed * 1_000_003 + self.calls * 10_007
-        prompts = [PromptRequest(i, r.user_text, r.image, seed=base + i) for i, r in enumerate(requests)]
+        """One answer per request, each sampled with the request's own seed (rewards.scoring derives
+        it from the rollout it judges), so a reflection does not depend on which worker or call ran it."""
+        prompts = [PromptRequest(i, r.user_text, r.image, seed=r.seed) for i, r in enumerate(requests)]
         groups = self.engine.generate(prompts, self.sampling)
         return [g.completions[0].text for g in groups]

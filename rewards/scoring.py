@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from actors.types import Group, ImageRef
+from actors.types import Group, ImageRef, derive_seed
 from rewards.rules import RewardBreakdown, RewardRules, reflection_prompts, score_response
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 class ReflectionRequest:
     user_text: str
     image: ImageRef | None  # the consistency reflection sees the rollout's image; coherence does not
+    seed: int | None = None  # derived from the group's seed, the rollout and the reflection (None: engine's)
 
 
 class Judge(Protocol):
@@ -39,6 +40,7 @@ class ScoreItem:
     gold: str
     labels: tuple[str, ...]
     image: ImageRef | None
+    seed: int | None = None  # the group's sampling seed; its reflections' seeds derive from it
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,8 @@ def score_items(
     requests = [
         request
         for item in items
-        for c in item.group.completions
-        for request in _requests(item, c.text, rules)
+        for index, c in enumerate(item.group.completions)
+        for request in _requests(item, index, c.text, rules)
     ]
     try:
         answers = judge.reflect(requests)
@@ -80,11 +82,19 @@ def score_items(
     return [[_score(item, c.text, *next(pairs), rules) for c in item.group.completions] for item in items]
 
 
+COHERENCE, CONSISTENCY = 0, 1  # the reflection's part of its seed
+
+
 def _requests(
-    item: ScoreItem, response: str, rules: RewardRules
+    item: ScoreItem, index: int, response: str, rules: RewardRules
 ) -> tuple[ReflectionRequest, ReflectionRequest]:
+    """Rollout `index`'s two reflections; their seeds derive from (group seed, rollout, reflection)."""
     coherence, consistency = reflection_prompts(response, item.labels, rules)
-    return ReflectionRequest(coherence, None), ReflectionRequest(consistency, item.image)
+    seeds = [
+        None if item.seed is None else derive_seed(item.seed, index, kind)
+        for kind in (COHERENCE, CONSISTENCY)
+    ]
+    return ReflectionRequest(coherence, None, seeds[0]), ReflectionRequest(consistency, item.image, seeds[1])
 
 
 def _score(

@@ -39,7 +39,6 @@ class RewardWorker:
         rules: RewardRules,
         judge_settings: EngineSettings | None,
         image_loader: Callable[[ImageRef], Any],
-        seed: int = 0,
         version: int = 0,
     ):
         self.rules = rules
@@ -47,7 +46,7 @@ class RewardWorker:
         if cfg.reflection and rules.reflective:
             if judge_settings is None:
                 raise ValueError("reflection is on but no judge engine settings were given")
-            self.judge = EngineJudge(Engine(judge_settings, image_loader, version), cfg.judge, seed=seed)
+            self.judge = EngineJudge(Engine(judge_settings, image_loader, version), cfg.judge)
         self.follows_policy = cfg.judge_follows_policy
 
     def score(

@@ -20,7 +20,14 @@ from cluster.config import RunConfig
 from cluster.data.sample import Sample
 from cluster.models import resolve_model
 from cluster.rundir import run_dir
-from cluster.settings import engine_settings, image_loader, prompt_request, reward_rules, rollout_sampling
+from cluster.settings import (
+    engine_settings,
+    group_seed,
+    image_loader,
+    prompt_request,
+    reward_rules,
+    rollout_sampling,
+)
 from cluster.sources import load_samples
 from rewards.judge import EngineJudge
 from rewards.scoring import RolloutScore, ScoreItem, score_items
@@ -49,13 +56,16 @@ def run_sample(cfg: RunConfig) -> int:
     with _timed(times, "engine start"):
         engine = Engine(engine_settings(cfg, model_path), image_loader(cfg.data))
     requests = [
-        prompt_request(s, i, cfg.data.prompt_style, cfg.cluster.seed * 100_003 + i)
+        prompt_request(s, i, cfg.data.prompt_style, group_seed(cfg.cluster.seed, 0, s.sample_id))
         for i, s in enumerate(batch)
     ]
     with _timed(times, "generate"):
         groups = engine.generate(requests, rollout_sampling(cfg))
-    items = [ScoreItem(g, s.answer, s.labels, s.image) for g, s in zip(groups, batch, strict=True)]
-    judge = EngineJudge(engine, cfg.reward.judge, seed=cfg.cluster.seed) if cfg.reward.reflection else None
+    items = [
+        ScoreItem(g, s.answer, s.labels, s.image, r.seed)
+        for g, s, r in zip(groups, batch, requests, strict=True)
+    ]
+    judge = EngineJudge(engine, cfg.reward.judge) if cfg.reward.reflection else None
     with _timed(times, "reflect + score"):
         scores = score_items(items, judge, reward_rules(cfg))
     out = run_dir(cfg) / "sample_rollouts.jsonl"

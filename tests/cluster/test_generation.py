@@ -11,9 +11,9 @@ import time
 import pytest
 import ray
 
-from actors.types import Completion, Group, PromptRequest
+from actors.types import Completion, Group, PromptRequest, derive_seed
 from cluster.data.sample import Sample
-from cluster.generation import ROUND_SEED_STRIDE, generate_and_score, resample_all_wrong
+from cluster.generation import generate_and_score, resample_all_wrong
 from cluster.placement import DeadlineExceeded
 from cluster.pools import RewardPool, RolloutPool
 from cluster.stops import Stopped, StopSignal
@@ -106,7 +106,7 @@ def test_a_reward_worker_past_its_deadline_yields_unscorable_rollouts_without_ha
 def test_expired_scoring_calls_are_cancelled_so_a_stuck_worker_runs_no_backlog(local_ray):
     # two scoring calls queue on one worker whose first call hangs past the deadline: the second
     # expires while queued, and when it reaches the worker it is refused before any work
-    reward = ray.remote(FakeReward).remote("hang", hang_s=6.0)
+    reward = ray.remote(FakeReward).remote("hang", hang_s=10.0)
     result = _run(ray.remote(FakeRollout).remote(), reward, reward_timeout_s=2.0, chunk_size=2, prompts=4)
     assert all(s.rewards is None for sg in result.groups for s in sg.scores)
     assert ray.get(reward.scored.remote(), timeout=60) == [2]  # the first call only
@@ -182,6 +182,14 @@ def test_generate_all_past_its_deadline_is_a_clear_error(local_ray):
         pool.generate_all([PromptRequest(0, "q", "img.png")], None, 2.0, "held-out evaluation")
 
 
+def _round_of(request) -> int:
+    """The resampling round of a request whose group seed is 100 + its group id (round 0 carries the
+    group seed itself; round r the seed derived from it and r)."""
+    group_seed = 100 + request.group_id
+    rounds = {group_seed: 0} | {derive_seed(group_seed, r): r for r in range(1, 4)}
+    return rounds[request.seed]
+
+
 class ScriptedRollout:
     """Answers per (group, resampling round): the round is read back from the request's seed."""
 
@@ -190,7 +198,7 @@ class ScriptedRollout:
         self.calls: list[list[tuple[int, int]]] = []
 
     def generate(self, requests, sampling=None):
-        keys = [(r.group_id, (r.seed - 100 - r.group_id) // ROUND_SEED_STRIDE) for r in requests]
+        keys = [(r.group_id, _round_of(r)) for r in requests]
         self.calls.append(keys)
         text = "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{{{}}}"
         return [
