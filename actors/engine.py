@@ -16,25 +16,37 @@ from typing import Any
 
 import torch
 
-from actors.types import Completion, Group, ImageRef, PromptRequest, SamplingSettings
+from actors.config import RolloutConfig
+from actors.types import IMAGE_PAD, Completion, Group, ImageRef, PromptRequest, SamplingSettings
 
 # Tokens the policy must never generate: an image placeholder in a completion would make the
 # learner's forward fail ("image features and image tokens do not match", LESSONS.md).
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-IMAGE_PAD = "<|image_pad|>"
 
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """What an engine is built with. `from_rollout` takes them from the rollout section of the config,
+    which holds their defaults and meanings; nothing is restated here."""
+
     model_path: str
-    dtype: str = "float32"
-    max_model_len: int = 1024
-    max_num_seqs: int = 256
-    kv_cache_mib: int = 512
-    gpu_memory_utilization: float = 0.6
-    tensor_parallel_size: int = 1
-    enforce_eager: bool = True
-    seed: int = 0
+    dtype: str
+    max_model_len: int
+    max_num_seqs: int
+    kv_cache_mib: int
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    enforce_eager: bool
+    seed: int
+
+    @classmethod
+    def from_rollout(cls, rollout: RolloutConfig, model_path: str, seed: int = 0) -> EngineSettings:
+        r = rollout
+        return cls(
+            model_path=model_path, dtype=r.dtype, max_model_len=r.max_model_len, max_num_seqs=r.max_num_seqs,
+            kv_cache_mib=r.kv_cache_mib, gpu_memory_utilization=r.gpu_memory_utilization,
+            tensor_parallel_size=r.tensor_parallel_size, enforce_eager=r.enforce_eager, seed=seed,
+        )  # fmt: skip
 
 
 class _DropThreadWarning(logging.Filter):

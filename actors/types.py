@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 ImageRef = str | bytes
 
+IMAGE_PAD = (
+    "<|image_pad|>"  # the placeholder an image expands into in a Qwen-VL prompt (one per merged patch)
+)
+
 SEED_MULTIPLIER = 1_000_003
 SEED_MODULUS = 2**63  # every derived seed fits a signed 64-bit integer (vLLM, torch.Generator)
 

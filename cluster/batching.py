@@ -1,4 +1,4 @@
-"""From scored groups to the learner's shards: advantages, mini-batches, rank shards. Pure of Ray."""
+"""From scored groups to the learner's shards: advantages, mini-batches, rank shards (no remote call)."""
 
 from __future__ import annotations
 

@@ -91,13 +91,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cluster.commands.evaluate import run_eval
+    from cluster.commands.evaluate import EvalRequest, run_eval
 
-    return run_eval(
-        load_config(args.config, []), args.model, args.data, in_domain=args.in_domain, greedy=args.greedy,
-        limit=args.limit, max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, out=args.out,
-        seed=args.seed,
+    request = EvalRequest(
+        args.model, args.data, args.in_domain, args.greedy, args.limit, args.max_new_tokens, args.prompt_style,
+        args.out, args.seed,
     )  # fmt: skip
+    return run_eval(load_config(args.config, []), request)
 
 
 def cmd_sft(args: argparse.Namespace) -> int:

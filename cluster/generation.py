@@ -44,6 +44,18 @@ class IterationRollouts:
     metrics: dict[str, float] = field(default_factory=dict)  # of the phase's extra rounds (resampling)
 
 
+@dataclass(frozen=True)
+class Workers:
+    """What an iteration's generation and scoring run on: the two pools and their limits (built once
+    by the training cluster)."""
+
+    rollout: RolloutPool
+    reward: RewardPool
+    chunk_size: int | None  # prompts per generate call; None: an even share per rollout worker
+    generate_timeout_s: float
+    reward_timeout_s: float
+
+
 @dataclass
 class _Pending:
     chunk: list[int]  # indices into the batch
@@ -51,15 +63,19 @@ class _Pending:
 
 
 def generate_and_score(
-    batch: Sequence[Sample], requests: Sequence[PromptRequest], rollout: RolloutPool, reward: RewardPool,
-    version: int, *, chunk_size: int, generate_timeout_s: float, reward_timeout_s: float, stop: StopSignal = NEVER,
-) -> IterationRollouts:  # fmt: skip
+    workers: Workers,
+    batch: Sequence[Sample],
+    requests: Sequence[PromptRequest],
+    version: int,
+    stop: StopSignal = NEVER,
+) -> IterationRollouts:
     """Every request's group, scored. Past `reward_timeout_s` a scoring call is cancelled and its
     rollouts are unscorable, and a result that arrives after its deadline is refused; a generation
     chunk past `generate_timeout_s`, a dead rollout worker or a stop request raises, after cancelling
     every call still out."""
+    rollout, reward, reward_timeout_s = workers.rollout, workers.reward, workers.reward_timeout_s
     start = time.perf_counter()
-    size = chunk_size or max(1, -(-len(requests) // len(rollout.actors)))
+    size = workers.chunk_size or max(1, -(-len(requests) // len(rollout.actors)))
     generating = {
         rollout.submit_generate([requests[i] for i in chunk]): _Pending(chunk, start)
         for chunk in _chunks(len(requests), size)
@@ -89,7 +105,7 @@ def generate_and_score(
                         result.generate_s = now - start
                 elif now - scoring[ref][1] <= reward_timeout_s:
                     done += _attach(scoring.pop(ref)[0], ref, result)
-            _check_generation_deadline(generating, now, generate_timeout_s)
+            _check_generation_deadline(generating, now, workers.generate_timeout_s)
             done += _expire_scoring(scoring, now, reward_timeout_s, result)
     except BaseException:
         _cancel([*generating, *scoring])
@@ -111,10 +127,14 @@ def all_wrong(sg: ScoredGroup) -> bool:
 
 
 def resample_all_wrong(
-    batch: Sequence[Sample], requests: Sequence[PromptRequest], rollouts: IterationRollouts, rollout: RolloutPool,
-    reward: RewardPool, version: int, *, rounds: int, chunk_size: int | None, generate_timeout_s: float,
-    reward_timeout_s: float, stop: StopSignal = NEVER,
-) -> dict[str, float]:  # fmt: skip
+    workers: Workers,
+    batch: Sequence[Sample],
+    requests: Sequence[PromptRequest],
+    rollouts: IterationRollouts,
+    version: int,
+    rounds: int,
+    stop: StopSignal = NEVER,
+) -> dict[str, float]:
     """Give each all-wrong group up to `rounds` more groups of G from the same policy (new seeds).
 
     A group whose rollouts are all wrong has zero accuracy advantage: GRPO learns nothing from the
@@ -132,10 +152,8 @@ def resample_all_wrong(
         if not todo:
             break
         again = generate_and_score(
-            [batch[position[gid]] for gid in todo],
-            [_reseeded(requests[position[gid]], round_) for gid in todo],
-            rollout, reward, version, chunk_size=chunk_size, generate_timeout_s=generate_timeout_s,
-            reward_timeout_s=reward_timeout_s, stop=stop,
+            workers, [batch[position[gid]] for gid in todo],
+            [_reseeded(requests[position[gid]], round_) for gid in todo], version, stop,
         )  # fmt: skip
         rollouts.reward_failures += again.reward_failures
         for sg in again.groups:

@@ -10,14 +10,14 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rewards.rules import COMPONENTS
+
 if TYPE_CHECKING:  # ray-free at import: `emo-r3 compare` reads metrics without starting anything
     from cluster.generation import IterationRollouts
 
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"  # a few scored rollouts per iteration (cluster.dump_rollouts)
 REPLACED_SUFFIX = ".replaced.jsonl"  # records of iterations an attempt redoes, set aside
-
-COMPONENTS = ("accuracy", "format", "coherence", "consistency", "score")
 
 
 def _mean_std(values: list[float], prefix: str) -> dict[str, float]:

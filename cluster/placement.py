@@ -15,12 +15,11 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster.launch import LOOPBACK
+
 
 class DeadlineExceeded(TimeoutError):
     pass
-
-
-LOOPBACK = "127.0.0.1"
 
 
 def rendezvous_address(node_ips: Sequence[str], first_node_port: int) -> tuple[str, int]:

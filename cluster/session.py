@@ -23,7 +23,7 @@ from actors.rollout import RolloutWorker
 from cluster.batching import train_shards
 from cluster.config import RunConfig
 from cluster.data.sample import Sample
-from cluster.generation import IterationRollouts, generate_and_score, resample_all_wrong
+from cluster.generation import IterationRollouts, Workers, generate_and_score, resample_all_wrong
 from cluster.launch import start_ray, worker_env
 from cluster.models import resolve_model
 from cluster.placement import DeadlineExceeded, Placement, Role, wait_all
@@ -84,6 +84,13 @@ class TrainingCluster:
             (cfg.reward, reward_rules(cfg), judge, loader, version) for _ in range(cfg.reward.num_workers)
         ]), follows_policy=cfg.reward.judge_follows_policy)  # fmt: skip
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path, loader, resume))
+        self.workers = Workers(
+            self.rollout,
+            self.reward,
+            cfg.rollout.chunk_size,
+            cfg.cluster.generate_timeout_s,
+            cfg.reward.timeout_s,
+        )
         self._wait_ready()
         self.transport = make_transport(
             cfg.cluster.weight_transport, self.learner, self.receivers, cfg.cluster.sync_timeout_s
@@ -123,14 +130,10 @@ class TrainingCluster:
             prompt_request(s, i, cfg.data.prompt_style, group_seed(cfg.cluster.seed, iteration, s.sample_id))
             for i, s in enumerate(batch)
         ]
-        deadlines = {
-            "chunk_size": cfg.rollout.chunk_size, "generate_timeout_s": cfg.cluster.generate_timeout_s,
-            "reward_timeout_s": cfg.reward.timeout_s, "stop": stop,
-        }  # fmt: skip
-        rollouts = generate_and_score(batch, requests, self.rollout, self.reward, version, **deadlines)
+        rollouts = generate_and_score(self.workers, batch, requests, version, stop)
         if rounds := cfg.rollout.resample_all_wrong:
             rollouts.metrics |= resample_all_wrong(
-                batch, requests, rollouts, self.rollout, self.reward, version, rounds=rounds, **deadlines
+                self.workers, batch, requests, rollouts, version, rounds, stop
             )
         seen = {sg.group.policy_version for sg in rollouts.groups}
         if seen != {version}:  # synchronous mode: one version per iteration

@@ -27,13 +27,7 @@ JUDGE_SEED_OFFSET = 1  # the judge engines' seed: cluster.seed + 1 (+ the reward
 
 def engine_settings(cfg: RunConfig, model_path: str, seed: int | None = None) -> EngineSettings:
     """An engine with the rollout section's settings holding `model_path` (seed: cluster.seed)."""
-    r = cfg.rollout
-    return EngineSettings(
-        model_path=model_path, dtype=r.dtype, max_model_len=r.max_model_len, max_num_seqs=r.max_num_seqs,
-        kv_cache_mib=r.kv_cache_mib, gpu_memory_utilization=r.gpu_memory_utilization,
-        tensor_parallel_size=r.tensor_parallel_size, enforce_eager=r.enforce_eager,
-        seed=cfg.cluster.seed if seed is None else seed,
-    )  # fmt: skip
+    return EngineSettings.from_rollout(cfg.rollout, model_path, cfg.cluster.seed if seed is None else seed)
 
 
 def rollout_engine_settings(cfg: RunConfig, model_path: str, worker: int) -> EngineSettings:

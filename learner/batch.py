@@ -22,9 +22,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from actors.types import Group, ImageRef
+from actors.types import IMAGE_PAD, Group, ImageRef
 
-IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2  # values of mm_token_type_ids (transformers' Qwen-VL)
 

@@ -10,6 +10,7 @@ gathers). `combine_rank_metrics` turns the ranks' metric dicts into the iteratio
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,6 @@ from learner.grpo import MAX_REDUCED_METRICS
 MAX_METRICS = MAX_REDUCED_METRICS | {"logprob_mismatch_max", "train_s"}
 TOKEN_WEIGHTED_METRICS = frozenset({"logprob_mismatch_mean", "prob_ratio_error"})  # weights: mismatch_tokens
 SAME_ON_EVERY_RANK = frozenset({"grad_norm", "lr"})  # global already
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def set_distributed_env(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
@@ -43,8 +43,15 @@ def set_distributed_env(rank: int, world_size: int, master_addr: str, master_por
     )
     on_gpu = torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
-    if not on_gpu and master_addr in LOOPBACK:
+    if not on_gpu and _is_loopback(master_addr):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from rewards.prompts import LABEL_SETS
-from rewards.rules import RewardBreakdown, RewardRules, score_response
+from rewards.rules import REWARD_NAMES, RewardBreakdown, RewardRules, score_response
 
-COMPONENTS = ("overall", "accuracy", "format", "coherence", "consistency")
+COMPONENTS = ("overall", *REWARD_NAMES)  # a dump calls the score `overall`
 _OPTIONAL_TEXT_FIELDS = ("coherence_reflection", "consistency_reflection")
 _SHOWN_SKIPS = 20
 
@@ -181,13 +181,7 @@ def _replacing(path: Path) -> Iterator[TextIO]:
 
 def _as_columns(result: RewardBreakdown) -> dict[str, float]:
     """The output columns of one rollout; the score is called `overall` in dumps."""
-    return {
-        "overall": result.score,
-        "accuracy": result.accuracy,
-        "format": result.format,
-        "coherence": result.coherence,
-        "consistency": result.consistency,
-    }
+    return {"overall": result.score} | {name: getattr(result, name) for name in REWARD_NAMES}
 
 
 def format_summary(summary: RescoreSummary) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
 from rewards import parsing, prompts
@@ -259,6 +259,11 @@ class RewardBreakdown:
     coherence: float
     consistency: float
     score: float
+
+
+# The names of a rollout's rewards and of their total, in every metric, dump and table.
+REWARD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RewardBreakdown) if f.name != "score")
+COMPONENTS: tuple[str, ...] = (*REWARD_NAMES, "score")
 
 
 def score_response(

@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cluster.config import ConfigError, RunConfig
@@ -29,46 +29,52 @@ from cluster.held_out import (
 from rewards.paper_metrics import EvalResult, PromptStyle, markdown_table, paper_summary, to_json
 
 
-def run_eval(
-    cfg: RunConfig, model: str, sources: list[str], *, in_domain: list[str] | None = None, greedy: bool = False,
-    limit: int | None = None, max_new_tokens: int | None = None, prompt_style: PromptStyle | None = None,
-    out: str | None = None, seed: int | None = None,
-) -> int:  # fmt: skip
-    """`emo-r3 eval`: evaluate `model` on every source, print the table, write eval.json and the PNGs.
+@dataclass(frozen=True)
+class EvalRequest:
+    """What `emo-r3 eval` was asked; None: from the run config (`-c`)."""
 
-    `cfg` supplies data settings and engine defaults; the keyword arguments override it. In-domain
-    sources default to the first one (METHOD.md §5). Returns the exit code.
+    model: str  # an HF-format folder, or 'tiny'
+    sources: list[str]  # manifests, folders or synthetic:<style>:<split>
+    in_domain: list[str] | None = None  # among `sources`; default: the first (METHOD.md §5)
+    greedy: bool = False  # temperature 0 instead of the release's 0.6 / top_p 0.95
+    limit: int | None = None  # a seeded subset of at most this many samples per source
+    max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    prompt_style: PromptStyle | None = None  # default: data.prompt_style
+    out: str | None = None  # default: <model>/eval
+    seed: int | None = None  # sampling and subset seed; default: cluster.seed
+
+
+def run_eval(cfg: RunConfig, request: EvalRequest) -> int:
+    """`emo-r3 eval`: evaluate the model on every source, print the table, write eval.json and the PNGs.
+
+    `cfg` supplies data settings and engine defaults; the request overrides them. Returns the exit code.
     """
     from cluster.models import TINY, resolve_model
 
-    sources = list(dict.fromkeys(sources))
-    in_domain = _check_request(model, sources, in_domain or sources[:1], limit, max_new_tokens)
-    seed = cfg.cluster.seed if seed is None else seed
+    r = request
+    sources = list(dict.fromkeys(r.sources))
+    in_domain = _check_request(r.model, sources, r.in_domain or sources[:1], r.limit, r.max_new_tokens)
+    seed = cfg.cluster.seed if r.seed is None else r.seed
     start = time.perf_counter()
     try:
-        datasets = load_sources(sources, cfg.data, limit=limit, seed=seed)
-    except ValueError as err:  # a source without a usable sample: the work cannot be done
-        print(f"emo-r3 eval: {err}")
-        return 1
-    model_path = resolve_model(model if model == TINY else os.fspath(Path(model).expanduser()))
-    sampling = evaluation_sampling(greedy, max_new_tokens or cfg.rollout.max_new_tokens)
+        datasets = load_sources(sources, cfg.data, limit=r.limit, seed=seed)
+    except ValueError as err:  # a source without a usable sample: nothing can be evaluated
+        raise ConfigError(str(err)) from None
+    model_path = resolve_model(r.model if r.model == TINY else os.fspath(Path(r.model).expanduser()))
+    sampling = evaluation_sampling(r.greedy, r.max_new_tokens or cfg.rollout.max_new_tokens)
     engine = _engine(cfg, model_path, sampling.max_new_tokens, seed)
-    style = prompt_style or cfg.data.prompt_style
+    style = r.prompt_style or cfg.data.prompt_style
     responses = generate_datasets(engine.generate, datasets, style, sampling, seed)
     results = score_responses(datasets, responses, style)
     summary = paper_summary(results, _names_of(in_domain, sources, list(datasets)))
-    out_dir = Path(out).expanduser() if out else Path(model_path) / "eval"
+    out_dir = Path(r.out).expanduser() if r.out else Path(model_path) / "eval"
     meta = {
-        "model": model_path,
-        "prompt_style": style,
-        "sampling": asdict(sampling),
-        "seed": seed,
-        "limit": limit,
+        "model": model_path, "prompt_style": style, "sampling": asdict(sampling), "seed": seed, "limit": r.limit,
         "sources": dict(zip(datasets, sources, strict=True)),  # data set name -> source (bench reasoning)
         "data": cfg.data.model_dump(mode="json"),
-    }
+    }  # fmt: skip
     _write(out_dir, meta, results, summary, datasets, responses)
-    print(f"EMO-R3 eval: {model_path}, {'greedy' if greedy else 'T=0.6 top_p=0.95'}, {style} prompt, "
+    print(f"EMO-R3 eval: {model_path}, {'greedy' if r.greedy else 'T=0.6 top_p=0.95'}, {style} prompt, "
           f"max_new_tokens {sampling.max_new_tokens}, {time.perf_counter() - start:.1f} s\n")  # fmt: skip
     print(markdown_table(results, summary))
     print(f"\nwritten to {out_dir}")

@@ -15,9 +15,9 @@ from pathlib import Path
 from cluster.config import RunConfig
 from cluster.metrics import read_metrics
 from cluster.rundir import run_path
+from rewards.rules import COMPONENTS
 
 RATES = ("accuracy", "format_rate", "parse_failure_rate")
-CURVE_REWARDS = ("accuracy", "format", "coherence", "consistency", "score")
 
 
 def run_pipeline(cfg: RunConfig) -> int:
@@ -90,7 +90,7 @@ def plot_learning_curve(records: list[dict], path: Path) -> None:
 
     train = [r for r in records if "reward/score/mean" in r]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=False)
-    for name in CURVE_REWARDS:
+    for name in COMPONENTS:
         top.plot(
             [r["iteration"] for r in train], [r[f"reward/{name}/mean"] for r in train], marker=".", label=name
         )

@@ -30,9 +30,8 @@ from cluster.settings import (
 )
 from cluster.sources import load_samples
 from rewards.judge import EngineJudge
+from rewards.rules import COMPONENTS
 from rewards.scoring import RolloutScore, ScoreItem, score_items
-
-COMPONENTS = ("accuracy", "format", "coherence", "consistency", "score")
 
 
 @contextmanager

@@ -50,7 +50,6 @@ def generate(
     size: int,
     ambiguity: float,
     two_borrowed: float,
-    workers: int | None = None,
 ) -> tuple[Path, Path]:
     """Write the data set (or keep it, if `meta.json` matches) and return (train.jsonl, test.jsonl).
 
@@ -58,7 +57,7 @@ def generate(
     the defaults); none is restated here.
 
     `size` is the image side in pixels (>= 56); `ambiguity` the probability that a scene borrows one
-    or two cues from its label's confusable partner; `workers` threads render and encode images.
+    or two cues from its label's confusable partner.
     """
     params = _params(style=style, n_train=n_train, n_test=n_test, seed=seed, size=size, ambiguity=ambiguity,
                      two_borrowed=two_borrowed)  # fmt: skip
@@ -74,7 +73,7 @@ def generate(
         if _IMAGE_NAME.match(stale.name):
             stale.unlink()
     # Each image has its own random stream, so the pool's scheduling cannot change any byte.
-    with ThreadPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         for split, path in zip(SPLITS, paths, strict=True):
             scenes = _scenes(params, split)
             indices = range(len(scenes))

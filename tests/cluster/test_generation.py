@@ -13,7 +13,7 @@ import ray
 
 from actors.types import Completion, Group, PromptRequest, derive_seed
 from cluster.data.sample import Sample
-from cluster.generation import generate_and_score, resample_all_wrong
+from cluster.generation import Workers, generate_and_score, resample_all_wrong
 from cluster.placement import DeadlineExceeded
 from cluster.pools import RewardPool, RolloutPool
 from cluster.stops import Stopped, StopSignal
@@ -73,10 +73,11 @@ def _run(
     requests = [PromptRequest(i, "q", "img.png") for i in range(prompts)]
     rollout_actors = rollout_actor if isinstance(rollout_actor, list) else [rollout_actor]
     reward_actors = reward_actor if isinstance(reward_actor, list) else [reward_actor]
-    return generate_and_score(
-        batch, requests, RolloutPool(rollout_actors), RewardPool(reward_actors, follows_policy=True), 0,
-        chunk_size=chunk_size, generate_timeout_s=generate_timeout_s, reward_timeout_s=reward_timeout_s,
+    workers = Workers(
+        RolloutPool(rollout_actors), RewardPool(reward_actors, follows_policy=True), chunk_size, generate_timeout_s,
+        reward_timeout_s,
     )  # fmt: skip
+    return generate_and_score(workers, batch, requests, 0)
 
 
 def test_every_group_is_scored_in_order(local_ray):
@@ -118,12 +119,15 @@ def test_a_stop_request_cancels_every_outstanding_call_and_raises(local_ray):
     rollout = ray.remote(FakeRollout).remote(30.0)
     batch = [Sample("s0", "img.png", "q", LABELS, "fear")]
     start = time.perf_counter()
+    reward = RewardPool([ray.remote(FakeReward).remote("ok")], follows_policy=True)
     with pytest.raises(Stopped):
         generate_and_score(
-            batch, [PromptRequest(0, "q", "img.png")], RolloutPool([rollout]),
-            RewardPool([ray.remote(FakeReward).remote("ok")], follows_policy=True), 0, chunk_size=1,
-            generate_timeout_s=60.0, reward_timeout_s=60.0, stop=stop,
-        )  # fmt: skip
+            Workers(RolloutPool([rollout]), reward, 1, 60.0, 60.0),
+            batch,
+            [PromptRequest(0, "q", "img.png")],
+            0,
+            stop,
+        )
     assert time.perf_counter() - start < 20  # did not wait for the 30 s generate call
 
 
@@ -219,12 +223,12 @@ def test_all_wrong_groups_are_resampled_and_a_round_with_a_right_answer_joins_th
         (3, 0): ("fear", "fear"),  # all right: never resampled
     }  # fmt: skip
     actor = ray.remote(ScriptedRollout).remote(script)
-    pools = RolloutPool([actor]), RewardPool([ray.remote(FakeReward).remote("ok")], follows_policy=True)
+    reward = RewardPool([ray.remote(FakeReward).remote("ok")], follows_policy=True)
+    workers = Workers(RolloutPool([actor]), reward, None, 30.0, 30.0)
     batch = [Sample(f"s{i}", "img.png", "q", LABELS, "fear") for i in range(4)]
     requests = [PromptRequest(i, "q", "img.png", seed=100 + i) for i in range(4)]
-    kwargs = {"chunk_size": None, "generate_timeout_s": 30.0, "reward_timeout_s": 30.0}
-    rollouts = generate_and_score(batch, requests, *pools, 0, **kwargs)
-    metrics = resample_all_wrong(batch, requests, rollouts, *pools, 0, rounds=rounds, **kwargs)
+    rollouts = generate_and_score(workers, batch, requests, 0)
+    metrics = resample_all_wrong(workers, batch, requests, rollouts, 0, rounds)
 
     answers = {sg.group.group_id: [s.rewards.accuracy for s in sg.scores] for sg in rollouts.groups}
     expected = {0: [0, 0, 1, 0], 1: [0, 0] if rounds == 1 else [0, 0, 0, 1], 2: [1, 0], 3: [1, 1]}

@@ -10,7 +10,6 @@ from functools import partial
 import pytest
 import ray
 
-from actors.engine import EngineSettings
 from actors.rollout import RolloutWorker
 from actors.types import SamplingSettings
 from cluster.config import load_config
@@ -90,7 +89,7 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
     fresh = (
         ray.remote(RolloutWorker)
         .options(num_cpus=0.4)
-        .remote(EngineSettings(**{**engine_settings(cfg, str(checkpoint)).__dict__}), GREEDY, loader)
+        .remote(engine_settings(cfg, str(checkpoint)), GREEDY, loader)
     )
     assert _greedy(fresh, probe) == after[0]
     ray.kill(fresh)

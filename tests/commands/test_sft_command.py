@@ -10,6 +10,7 @@ import pytest
 import ray
 import torch
 
+from actors.config import RolloutConfig
 from actors.engine import Engine, EngineSettings
 from actors.types import PromptRequest, SamplingSettings
 from cluster.cold_start import build_examples
@@ -66,7 +67,7 @@ def test_sft_lowers_the_loss_and_writes_a_checkpoint_transformers_and_vllm_load(
     engine = (
         ray.remote(Engine)
         .options(num_cpus=0.5)
-        .remote(EngineSettings(str(checkpoint), kv_cache_mib=64), loader)
+        .remote(EngineSettings.from_rollout(RolloutConfig(kv_cache_mib=64), str(checkpoint)), loader)
     )
     try:
         request = PromptRequest(0, user_text, sample.image, seed=0)

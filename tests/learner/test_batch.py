@@ -207,6 +207,7 @@ def test_rollout_needs_one_sampler_logprob_per_token():
 
 @pytest.mark.slow
 def test_policy_logprobs_match_the_engine_sampler_logprobs(model_path, processor, monkeypatch):
+    from actors.config import RolloutConfig
     from actors.engine import Engine, EngineSettings
     from actors.types import PromptRequest, SamplingSettings
     from learner.config import LearnerConfig
@@ -216,7 +217,7 @@ def test_policy_logprobs_match_the_engine_sampler_logprobs(model_path, processor
     monkeypatch.setenv(
         "TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR", str(torch_extensions_dir()))
     )
-    engine = Engine(EngineSettings(model_path=str(model_path), dtype="float32", kv_cache_mib=64), load_image)
+    engine = Engine(EngineSettings.from_rollout(RolloutConfig(kv_cache_mib=64), str(model_path)), load_image)
     images = [png((200, 30, 30), 112), png((30, 30, 200), 56), png((240, 200, 20), 84)]
     requests = [PromptRequest(i, CORPUS[i], image, seed=i) for i, image in enumerate(images)]
     groups = engine.generate(requests, SamplingSettings(n=3, max_new_tokens=24))

@@ -38,9 +38,10 @@ def ray_cluster(ray_local):
 
 @pytest.fixture(scope="module")
 def engine(ray_cluster, model_path):
+    from actors.config import RolloutConfig
     from actors.engine import Engine, EngineSettings
 
-    settings = EngineSettings(model_path=str(model_path), dtype="float32", kv_cache_mib=64)
+    settings = EngineSettings.from_rollout(RolloutConfig(kv_cache_mib=64), str(model_path))
     actor = ray_cluster.remote(num_cpus=0.5)(Engine).remote(settings, load_image)
     yield actor
     ray_cluster.kill(actor)
