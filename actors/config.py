@@ -20,9 +20,10 @@ class RolloutConfig(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPU only)")
     group_size: int = Field(8, ge=2, description="G: completions per prompt (METHOD.md §4: 8, also 4)")
     temperature: float = Field(
-        0.7, ge=0,
+        0.7,
+        ge=0,
         description="sampling temperature (METHOD.md §4: 1.0 for the 3B model; the tiny model breaks the format in about half its responses at 1.0, in 5% at 0.7)",
-    )  # fmt: skip
+    )
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling (METHOD.md §4: 1.0)")
     max_new_tokens: int = Field(128, ge=1, description="completion length cap (METHOD.md §4: 2048)")
     max_model_len: int = Field(1024, ge=64, description="prompt + completion tokens an engine accepts")

@@ -43,10 +43,16 @@ class EngineSettings:
     def from_rollout(cls, rollout: RolloutConfig, model_path: str, seed: int = 0) -> EngineSettings:
         r = rollout
         return cls(
-            model_path=model_path, dtype=r.dtype, max_model_len=r.max_model_len, max_num_seqs=r.max_num_seqs,
-            kv_cache_mib=r.kv_cache_mib, gpu_memory_utilization=r.gpu_memory_utilization,
-            tensor_parallel_size=r.tensor_parallel_size, enforce_eager=r.enforce_eager, seed=seed,
-        )  # fmt: skip
+            model_path=model_path,
+            dtype=r.dtype,
+            max_model_len=r.max_model_len,
+            max_num_seqs=r.max_num_seqs,
+            kv_cache_mib=r.kv_cache_mib,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            tensor_parallel_size=r.tensor_parallel_size,
+            enforce_eager=r.enforce_eager,
+            seed=seed,
+        )
 
 
 class _DropThreadWarning(logging.Filter):
@@ -80,12 +86,14 @@ class Engine:
             {"gpu_memory_utilization": settings.gpu_memory_utilization}
             if on_gpu
             else {
-                "kv_cache_memory_bytes": settings.kv_cache_mib * 2**20, "distributed_executor_backend": "uni",
+                "kv_cache_memory_bytes": settings.kv_cache_mib * 2**20,
+                "distributed_executor_backend": "uni",
                 # vLLM's CPU runner crashes ("CPU Generator does not use offset") when it discards the token
                 # sampled for a partially prefilled request that has its own seed: prefill whole prompts.
-                "enable_chunked_prefill": False, "max_num_batched_tokens": max(settings.max_model_len, 16384),
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max(settings.max_model_len, 16384),
             }
-        )  # fmt: skip
+        )
         self.llm = LLM(
             model=settings.model_path,
             dtype=settings.dtype,

@@ -16,8 +16,13 @@ from actors.types import Group, ImageRef, PromptRequest, SamplingSettings
 
 
 class RolloutWorker:
-    def __init__(self, settings: EngineSettings, sampling: SamplingSettings, image_loader: Callable[[ImageRef], Any],
-                 version: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        settings: EngineSettings,
+        sampling: SamplingSettings,
+        image_loader: Callable[[ImageRef], Any],
+        version: int = 0,
+    ):
         self.engine = Engine(settings, image_loader, version)
         self.sampling = sampling
 

@@ -82,8 +82,10 @@ def cue_recall(
                 encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 n = len(encoded["input_ids"])
                 token_ok = (predicted[j, :n] == batch.completion_ids[j, :n]).tolist()
-                hits = {slot: phrase_read(text, CUES[cue].phrase, encoded["offset_mapping"], token_ok)
-                        for slot, cue in cues.items()}  # fmt: skip
+                hits = {
+                    slot: phrase_read(text, CUES[cue].phrase, encoded["offset_mapping"], token_ok)
+                    for slot, cue in cues.items()
+                }
                 for slot, hit in hits.items():
                     read[slot] = read.get(slot, 0) + hit
                 full += all(hits.values())

@@ -82,8 +82,16 @@ def stage_times(overrides: list[str], iterations: int) -> dict[str, dict[str, fl
     """Mean per-stage seconds of each of VARIANTS."""
     out = {}
     for name, variant in VARIANTS.items():
-        cfg = load_config(None, [*BASE, *overrides, f"cluster.iterations={iterations + 1}", *variant,
-                                 f"cluster.run_name=bench-{name}"])  # fmt: skip
+        cfg = load_config(
+            None,
+            [
+                *BASE,
+                *overrides,
+                f"cluster.iterations={iterations + 1}",
+                *variant,
+                f"cluster.run_name=bench-{name}",
+            ],
+        )
         history = _loop(cfg, iterations)
         keys = [k for k in history[0] if k.startswith("timing_s/") or k == "throughput/rollout_tokens_per_s"]
         out[name] = {k: statistics.fmean(m[k] for m in history) for k in keys}
@@ -124,8 +132,17 @@ def push_times(overrides: list[str], repeats: int = 3) -> dict[str, float]:
     from cluster.session import TrainingCluster
     from cluster.transport import ObjectStoreTransport
 
-    cfg = load_config(None, [*BASE, *overrides, "rollout.num_workers=4", "rollout.num_cpus_per_worker=0.25",
-                             "reward.reflection=false", "cluster.run_name=bench-push"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            *BASE,
+            *overrides,
+            "rollout.num_workers=4",
+            "rollout.num_cpus_per_worker=0.25",
+            "reward.reflection=false",
+            "cluster.run_name=bench-push",
+        ],
+    )
     out = {}
     with TrainingCluster(cfg, resolve_model(cfg.model.path)) as tc:
         version = 0
@@ -172,12 +189,13 @@ def format_result(r: dict) -> str:
     for key in s["with_reflection"]:
         lines.append(f"| {key} | " + " | ".join(f"{stages[key]:.2f}" for stages in s.values()) + " |")
     lines += [
-        "", f"iteration time, with / without reflection: {r['reflection_ratio']:.2f}x",
+        "",
+        f"iteration time, with / without reflection: {r['reflection_ratio']:.2f}x",
         f"iteration time, 4-prompt generate calls / one call per rollout worker: {r['chunking_ratio']:.2f}x",
         f"train time, full-sequence forwards / each distinct prompt once: {r['prompt_sharing_ratio']:.2f}x",
         f"rollout worker {raw['worker_tokens_per_s']:.0f} tok/s vs raw vllm.LLM.generate {raw['raw_tokens_per_s']:.0f} "
         f"tok/s: ratio {raw['ratio']:.2f}",
         "weight push: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in push.items()),
         f"peak system memory in use: {r['peak_memory_gb']:.1f} GB; benchmark wall time {r['wall_s']:.0f} s",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)

@@ -19,9 +19,17 @@ def raw_tokens_per_s(cfg: RunConfig, model_path: str, samples: list, repeats: in
     from vllm import LLM, SamplingParams
 
     r = cfg.rollout
-    llm = LLM(model=model_path, dtype=r.dtype, max_model_len=r.max_model_len, max_num_seqs=r.max_num_seqs,
-              enforce_eager=True, distributed_executor_backend="uni", kv_cache_memory_bytes=r.kv_cache_mib * 2**20,
-              limit_mm_per_prompt={"image": 1, "video": 0}, seed=cfg.cluster.seed)  # fmt: skip
+    llm = LLM(
+        model=model_path,
+        dtype=r.dtype,
+        max_model_len=r.max_model_len,
+        max_num_seqs=r.max_num_seqs,
+        enforce_eager=True,
+        distributed_executor_backend="uni",
+        kv_cache_memory_bytes=r.kv_cache_mib * 2**20,
+        limit_mm_per_prompt={"image": 1, "video": 0},
+        seed=cfg.cluster.seed,
+    )
     processor = AutoProcessor.from_pretrained(model_path)
     policy = image_policy(cfg.data)
     prompts = []
@@ -34,8 +42,9 @@ def raw_tokens_per_s(cfg: RunConfig, model_path: str, samples: list, repeats: in
             [{"role": "user", "content": content}], add_generation_prompt=True
         )
         prompts.append({"prompt": text, "multi_modal_data": {"image": load_image(sample.image, policy)}})
-    params = SamplingParams(n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
-                            logprobs=0)  # fmt: skip
+    params = SamplingParams(
+        n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens, logprobs=0
+    )
     llm.generate(prompts, params, use_tqdm=False)  # warm-up
     rates = []
     for _ in range(repeats):

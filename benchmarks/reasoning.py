@@ -128,9 +128,13 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
         "accuracy_unfaithful": share(count["unfaithful_right"], count["unfaithful"]),
         "names_absent_cue": share(count["named_absent"], count["step2"]),
         "odd_step2": share(count["odd"], count["step2"]),
-        "accuracy_by_borrowed": {k: share(count[f"n{k}_right"], count[f"n{k}"]) for k in (0, 1, 2) if count[f"n{k}"]},
-        "accuracy_by_borrowed_slot": {slot: [share(by_slot_right[slot], n), n] for slot, n in by_slot.items()},
-    }  # fmt: skip
+        "accuracy_by_borrowed": {
+            k: share(count[f"n{k}_right"], count[f"n{k}"]) for k in (0, 1, 2) if count[f"n{k}"]
+        },
+        "accuracy_by_borrowed_slot": {
+            slot: [share(by_slot_right[slot], n), n] for slot, n in by_slot.items()
+        },
+    }
 
 
 def run_verdicts(run: Path) -> list[tuple[int, Verdict]]:
@@ -221,14 +225,18 @@ def run(runs: Sequence[str], out: Path | None, split: int | None = None) -> list
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{100 * x:.1f}%"
 
-    print("| run | rollouts | accuracy | wrong → partner | faithful step 2 | accuracy if faithful / not |"
-          " step 2 names an absent cue / is in neither form | accuracy on 4–1 / 3–2 scenes |")  # fmt: skip
+    print(
+        "| run | rollouts | accuracy | wrong → partner | faithful step 2 | accuracy if faithful / not |"
+        " step 2 names an absent cue / is in neither form | accuracy on 4–1 / 3–2 scenes |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         by = r["accuracy_by_borrowed"]
-        print(f"| {_row_name(r)} | {r['rollouts']} | {pct(r['accuracy'])} | {pct(r['wrong_is_partner'])} | "
-              f"{pct(r['faithful'])} | {pct(r['accuracy_faithful'])} / {pct(r['accuracy_unfaithful'])} | "
-              f"{pct(r['names_absent_cue'])} / {pct(r['odd_step2'])} | {pct(by.get(1))} / {pct(by.get(2))} |")  # fmt: skip
+        print(
+            f"| {_row_name(r)} | {r['rollouts']} | {pct(r['accuracy'])} | {pct(r['wrong_is_partner'])} | "
+            f"{pct(r['faithful'])} | {pct(r['accuracy_faithful'])} / {pct(r['accuracy_unfaithful'])} | "
+            f"{pct(r['names_absent_cue'])} / {pct(r['odd_step2'])} | {pct(by.get(1))} / {pct(by.get(2))} |"
+        )
     _print_by_slot(results, pct)
     if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n")

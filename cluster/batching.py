@@ -21,9 +21,12 @@ def advantages(rollouts: IterationRollouts, cfg: LearnerConfig) -> torch.Tensor:
             scorable.append(s.rewards is not None)
             index.append(sg.group.group_id)
     return group_advantages(
-        torch.tensor(scores, dtype=torch.float64), torch.tensor(index), torch.tensor(scorable),
-        std=cfg.advantage_std, eps=cfg.advantage_eps,
-    )  # fmt: skip
+        torch.tensor(scores, dtype=torch.float64),
+        torch.tensor(index),
+        torch.tensor(scorable),
+        std=cfg.advantage_std,
+        eps=cfg.advantage_eps,
+    )
 
 
 def train_shards(
@@ -49,7 +52,8 @@ def train_shards(
         for rank, part in enumerate(split(minibatch, cfg.num_ranks)):
             shards[rank].append(part)
     metrics = {
-        "advantage/mean": float(adv.mean()), "advantage/std": float(adv.std()) if len(adv) > 1 else 0.0,
+        "advantage/mean": float(adv.mean()),
+        "advantage/std": float(adv.std()) if len(adv) > 1 else 0.0,
         "advantage/zero_rate": float((adv == 0).double().mean()),
-    }  # fmt: skip
+    }
     return shards, [num_completion_tokens(mb) for mb in minibatches], metrics

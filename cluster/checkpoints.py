@@ -35,9 +35,17 @@ _PARTIAL = ".partial"
 # shape and the reference policy. Everything else (worker counts, deadlines, iterations, lr, logging)
 # may change between attempts.
 RESUME_FIXED = (
-    "model.path", "data.train", "data.synthetic", "data.columns", "data.label_set", "data.prompt_style",
-    "data.shuffle", "cluster.seed", "cluster.prompts_per_iteration", "rollout.group_size",
-)  # fmt: skip
+    "model.path",
+    "data.train",
+    "data.synthetic",
+    "data.columns",
+    "data.label_set",
+    "data.prompt_style",
+    "data.shuffle",
+    "cluster.seed",
+    "cluster.prompts_per_iteration",
+    "rollout.group_size",
+)
 
 
 def checkpoint_path(run: Path, iterations_done: int) -> Path:

@@ -94,9 +94,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cluster.commands.evaluate import EvalRequest, run_eval
 
     request = EvalRequest(
-        args.model, args.data, args.in_domain, args.greedy, args.limit, args.max_new_tokens, args.prompt_style,
-        args.out, args.seed,
-    )  # fmt: skip
+        args.model,
+        args.data,
+        args.in_domain,
+        args.greedy,
+        args.limit,
+        args.max_new_tokens,
+        args.prompt_style,
+        args.out,
+        args.seed,
+    )
     return run_eval(load_config(args.config, []), request)
 
 
@@ -157,17 +164,20 @@ def _add_data_commands(sub) -> None:
     )
     check.add_argument("--workers", type=int, default=8, help="image decoding threads")
     check.add_argument(
-        "--allow-outside-paths", action="store_true",
+        "--allow-outside-paths",
+        action="store_true",
         help="accept absolute image paths and paths outside the manifest's folder (data.allow_outside_paths)",
-    )  # fmt: skip
+    )
     check.set_defaults(func=cmd_data_check)
     synth = data.add_parser("synth", help="generate the synthetic affective-scene data set")
     synth.add_argument("out", help="output folder")
     synth.add_argument("--style", choices=["emoset", "emotion6"], default="emoset")
     synth.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
         help="data.synthetic.* settings, e.g. data.synthetic.n_train=1024 (defaults: the embedded default's)",
-    )  # fmt: skip
+    )
     synth.set_defaults(func=cmd_data_synth)
     model = sub.add_parser("model", help="models").add_subparsers(dest="action", required=True)
     model.add_parser("build", help="build (or find) the embedded tiny model; prints its folder").set_defaults(
@@ -208,15 +218,23 @@ def _add_job_commands(sub) -> None:
 def _add_eval_command(sub) -> None:
     ev = sub.add_parser("eval", help="accuracy on held-out data sets, with A^I / A^O / A (METHOD.md §5)")
     ev.add_argument("--model", required=True, help="HF-format model folder (e.g. a checkpoint), or 'tiny'")
-    ev.add_argument("--data", nargs="+", required=True, metavar="SRC",
-                    help="manifests, folders or synthetic:<style>:<split>")  # fmt: skip
-    ev.add_argument("--in-domain", nargs="+", metavar="SRC",
-                    help="in-domain sources among --data (default: the first)")  # fmt: skip
-    ev.add_argument("--greedy", action="store_true",
-                    help="temperature 0 instead of the release's 0.6 / top_p 0.95")  # fmt: skip
+    ev.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="SRC",
+        help="manifests, folders or synthetic:<style>:<split>",
+    )
+    ev.add_argument(
+        "--in-domain", nargs="+", metavar="SRC", help="in-domain sources among --data (default: the first)"
+    )
+    ev.add_argument(
+        "--greedy", action="store_true", help="temperature 0 instead of the release's 0.6 / top_p 0.95"
+    )
     ev.add_argument("--limit", type=int, help="evaluate a seeded subset of at most N samples per source")
-    ev.add_argument("--max-new-tokens", type=int,
-                    help="completion length cap (default: rollout.max_new_tokens)")  # fmt: skip
+    ev.add_argument(
+        "--max-new-tokens", type=int, help="completion length cap (default: rollout.max_new_tokens)"
+    )
     ev.add_argument("--prompt-style", choices=["set", "grpo"], help="default: data.prompt_style")
     ev.add_argument("--out", help="output folder (default: <model>/eval)")
     ev.add_argument("--seed", type=int, help="sampling and subset seed (default: cluster.seed)")
@@ -291,8 +309,15 @@ def _add_bench_commands(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emo-r3", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_config_commands, _add_data_commands, _add_score_command, _add_job_commands,
-                _add_eval_command, _add_compare_command, _add_bench_commands):  # fmt: skip
+    for add in (
+        _add_config_commands,
+        _add_data_commands,
+        _add_score_command,
+        _add_job_commands,
+        _add_eval_command,
+        _add_compare_command,
+        _add_bench_commands,
+    ):
         add(sub)
     return parser
 

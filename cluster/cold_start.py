@@ -159,9 +159,13 @@ def _response(sample: SftSample) -> str:
 
 
 def build_examples(
-    samples: Sequence[SftSample], processor: Any, cfg: SftConfig, prompt_style: str,
-    image_loader: Callable[[ImageRef], Any], rules: RewardRules = RELEASE_RULES,
-) -> list[SftExample]:  # fmt: skip
+    samples: Sequence[SftSample],
+    processor: Any,
+    cfg: SftConfig,
+    prompt_style: str,
+    image_loader: Callable[[ImageRef], Any],
+    rules: RewardRules = RELEASE_RULES,
+) -> list[SftExample]:
     """Every example of `samples` (module docstring) in token ids; deterministic by cfg.seed."""
     texts = example_texts(samples, cfg, prompt_style, rules)
     return [encode(text, processor, image_loader) for text in texts]

@@ -71,13 +71,17 @@ class SyntheticConfig(BaseModel):
     n_test: int = Field(256, ge=8, description="held-out images per style")
     size: int = Field(112, ge=56, description="image side in pixels")
     ambiguity: float = Field(
-        1.0, ge=0, le=1,
+        1.0,
+        ge=0,
+        le=1,
         description="share of images with 1-2 of 5 cues borrowed from a confusable label (1.0: every image mixed, the label is the majority of its cues; lower values leave the cold start little to gain)",
-    )  # fmt: skip
+    )
     two_borrowed: float = Field(
-        0.5, ge=0, le=1,
+        0.5,
+        ge=0,
+        le=1,
         description="share of the mixed images that borrow two of the five cues (a 3-2 majority); the others borrow one (4-1)",
-    )  # fmt: skip
+    )
     seed: int = Field(0, description="generator seed")
 
 
@@ -116,15 +120,17 @@ class DataConfig(BaseModel):
         description="let a manifest name absolute image paths and paths outside its own folder (../x.jpg); "
         "off, such rows are skipped as image_outside_root. Risk: a manifest can then make the service read "
         "any file this user can read; turn on only for manifests you trust",
-    )  # fmt: skip
+    )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     shuffle: bool = Field(True, description="reshuffle the training set every epoch (seeded)")
     replay_share: float = Field(
-        0.0, ge=0.0, lt=1.0,
+        0.0,
+        ge=0.0,
+        lt=1.0,
         description="share of each iteration's prompts drawn again from the training prompts whose latest group "
         "was mixed (some rollouts right, some wrong), weighted by the share wrong; the rest come from the epoch "
         "stream (cluster.replay). 0: off, every prompt from the stream",
-    )  # fmt: skip
+    )
     min_side: int = Field(28, ge=1, description="images with a shorter side are skipped")
     max_aspect: float = Field(200.0, gt=1, description="images with a larger aspect ratio are skipped")
     max_source_pixels: int = Field(
@@ -198,10 +204,12 @@ class ClusterConfig(BaseModel):
     )
     dump_rollouts: int = Field(8, ge=0, description="rollouts per iteration written to rollouts.jsonl")
     max_unscorable_rate: float = Field(
-        0.25, ge=0, le=1,
+        0.25,
+        ge=0,
+        le=1,
         description="stop the run (exit 1, resumable) when more than this share of an iteration's rollouts is "
         "unscorable (a dead reward worker, a failing judge): training on the KL term alone is not training",
-    )  # fmt: skip
+    )
     weight_transport: Literal["object_store"] = Field(
         "object_store",
         description="how weights reach engines (object_store: Ray's object store, CPU and GPU)",

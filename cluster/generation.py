@@ -98,9 +98,9 @@ def generate_and_score(
                     for part in split(
                         groups, min(len(groups), len(reward.actors))
                     ):  # every reward worker busy
-                        scoring[reward.submit_score([_item(sg) for sg in part], version, reward_timeout_s)] = (
-                            part, now
-                        )  # fmt: skip
+                        scoring[
+                            reward.submit_score([_item(sg) for sg in part], version, reward_timeout_s)
+                        ] = (part, now)
                     if not generating:
                         result.generate_s = now - start
                 elif now - scoring[ref][1] <= reward_timeout_s:
@@ -152,9 +152,12 @@ def resample_all_wrong(
         if not todo:
             break
         again = generate_and_score(
-            workers, [batch[position[gid]] for gid in todo],
-            [_reseeded(requests[position[gid]], round_) for gid in todo], version, stop,
-        )  # fmt: skip
+            workers,
+            [batch[position[gid]] for gid in todo],
+            [_reseeded(requests[position[gid]], round_) for gid in todo],
+            version,
+            stop,
+        )
         rollouts.reward_failures += again.reward_failures
         for sg in again.groups:
             if any(accuracies(sg)):
@@ -162,9 +165,10 @@ def resample_all_wrong(
                 rescued += 1
     rollouts.groups = [groups[gid] for gid in sorted(groups)]
     return {
-        "rollout/resampled_groups": float(len(retried)), "rollout/rescued_groups": float(rescued),
+        "rollout/resampled_groups": float(len(retried)),
+        "rollout/rescued_groups": float(rescued),
         "timing_s/resample": time.perf_counter() - start,
-    }  # fmt: skip
+    }
 
 
 def _reseeded(request: PromptRequest, round_: int) -> PromptRequest:

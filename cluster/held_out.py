@@ -124,18 +124,25 @@ def _subset(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]
 
 
 def evaluate_samples(
-    generate_fn: GenerateFn, datasets: dict[str, list[Sample]], *, prompt_style: PromptStyle,
-    sampling: SamplingSettings, seed: int,
-) -> dict[str, EvalResult]:  # fmt: skip
+    generate_fn: GenerateFn,
+    datasets: dict[str, list[Sample]],
+    *,
+    prompt_style: PromptStyle,
+    sampling: SamplingSettings,
+    seed: int,
+) -> dict[str, EvalResult]:
     """One response per sample of each data set, scored (METHOD.md §5)."""
     responses = generate_datasets(generate_fn, datasets, prompt_style, sampling, seed)
     return score_responses(datasets, responses, prompt_style)
 
 
 def generate_datasets(
-    generate_fn: GenerateFn, datasets: dict[str, list[Sample]], prompt_style: PromptStyle,
-    sampling: SamplingSettings, seed: int,
-) -> dict[str, list[str]]:  # fmt: skip
+    generate_fn: GenerateFn,
+    datasets: dict[str, list[Sample]],
+    prompt_style: PromptStyle,
+    sampling: SamplingSettings,
+    seed: int,
+) -> dict[str, list[str]]:
     """One response per sample of each data set, in sample order."""
     return {
         name: generate_responses(generate_fn, samples, prompt_style, sampling, seed)
@@ -161,9 +168,15 @@ def _label_order(samples: Sequence[Sample]) -> tuple[str, ...]:
 
 
 def evaluate_sources(
-    generate_fn: GenerateFn, sources: list[str], data_cfg: DataConfig, *, prompt_style: PromptStyle = "set",
-    sampling: SamplingSettings | None = None, seed: int = 0, limit: int | None = None,
-) -> dict[str, EvalResult]:  # fmt: skip
+    generate_fn: GenerateFn,
+    sources: list[str],
+    data_cfg: DataConfig,
+    *,
+    prompt_style: PromptStyle = "set",
+    sampling: SamplingSettings | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict[str, EvalResult]:
     """Load each source (`cluster.sources.load_samples`) and evaluate it, by data set name."""
     datasets = load_sources(sources, data_cfg, limit=limit, seed=seed)
     sampling = sampling or evaluation_sampling()
@@ -242,13 +255,21 @@ class Evaluator:
 
     def run(self, version: int) -> dict[str, float]:
         start = time.perf_counter()
-        results = evaluate_samples(self._generate, self.datasets, prompt_style=self.cfg.data.prompt_style,
-                                   sampling=self.sampling, seed=self.cfg.cluster.seed)  # fmt: skip
+        results = evaluate_samples(
+            self._generate,
+            self.datasets,
+            prompt_style=self.cfg.data.prompt_style,
+            sampling=self.sampling,
+            seed=self.cfg.cluster.seed,
+        )
         self.last_version = version
         metrics: dict[str, float] = {"eval/policy_version": float(version)}
         for name, r in results.items():
-            metrics |= {f"eval/{name}/accuracy": r.accuracy, f"eval/{name}/parse_failure_rate": r.parse_failure_rate,
-                        f"eval/{name}/format_rate": r.format_rate}  # fmt: skip
+            metrics |= {
+                f"eval/{name}/accuracy": r.accuracy,
+                f"eval/{name}/parse_failure_rate": r.parse_failure_rate,
+                f"eval/{name}/format_rate": r.format_rate,
+            }
         summary = paper_summary(results, in_domain=[next(iter(results))])
         metrics |= {f"eval/{k}": v for k in ("A^I", "A^O", "A") if (v := summary.get(k)) is not None}
         metrics["timing_s/eval"] = time.perf_counter() - start

@@ -25,17 +25,24 @@ LOCAL_RAY_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 def worker_env(cfg: RunConfig, on_gpu: bool) -> dict[str, str]:
     """Environment of every Ray worker process (STACK.md §4, §6, §7)."""
     env = {
-        "TOKENIZERS_PARALLELISM": "false", "TORCH_EXTENSIONS_DIR": os.fspath(torch_extensions_dir()),
+        "TOKENIZERS_PARALLELISM": "false",
+        "TORCH_EXTENSIONS_DIR": os.fspath(torch_extensions_dir()),
         # engines and ranks log errors only; their progress bars and known-harmless warnings are noise
-        "VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "VLLM_LOGGING_LEVEL": "ERROR",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning,ignore::DeprecationWarning",
-    }  # fmt: skip
+    }
     if not on_gpu:
         threads = str(max(1, int(cfg.cluster.num_cpus)))
         env |= {
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads,
-            "DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "lo", LOCAL_RAY_FLAG: "0",
-        }  # fmt: skip
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            "OMP_NUM_THREADS": threads,
+            "DS_ACCELERATOR": "cpu",
+            "GLOO_SOCKET_IFNAME": "lo",
+            LOCAL_RAY_FLAG: "0",
+        }
     return env
 
 
@@ -105,10 +112,14 @@ def start_ray(cfg: RunConfig, on_gpu: bool, extra_env: dict[str, str] | None = N
         return True
     os.environ.pop("RAY_ADDRESS", None)
     ray.init(
-        num_cpus=cfg.cluster.num_cpus, num_gpus=0 if not on_gpu else None, include_dashboard=False,
-        _node_ip_address=LOOPBACK, runtime_env={"env_vars": worker_env(cfg, on_gpu) | (extra_env or {})},
-        logging_level=logging.WARNING, log_to_driver=cfg.cluster.worker_logs,
-    )  # fmt: skip
+        num_cpus=cfg.cluster.num_cpus,
+        num_gpus=0 if not on_gpu else None,
+        include_dashboard=False,
+        _node_ip_address=LOOPBACK,
+        runtime_env={"env_vars": worker_env(cfg, on_gpu) | (extra_env or {})},
+        logging_level=logging.WARNING,
+        log_to_driver=cfg.cluster.worker_logs,
+    )
     raise_on_sigterm()
     return True
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 SUMMARY_COLUMNS = (
-    ("acc", "reward/accuracy/mean"), ("fmt", "reward/format/mean"), ("coh", "reward/coherence/mean"),
-    ("cons", "reward/consistency/mean"), ("score", "reward/score/mean"), ("unsc", "rollout/unscorable_rate"),
-    ("len", "response_length/mean"), ("kl", "train/kl"), ("gen_s", "timing_s/generate"),
-    ("tail_s", "timing_s/reward_tail"), ("train_s", "timing_s/train"), ("sync_s", "timing_s/sync"),
+    ("acc", "reward/accuracy/mean"),
+    ("fmt", "reward/format/mean"),
+    ("coh", "reward/coherence/mean"),
+    ("cons", "reward/consistency/mean"),
+    ("score", "reward/score/mean"),
+    ("unsc", "rollout/unscorable_rate"),
+    ("len", "response_length/mean"),
+    ("kl", "train/kl"),
+    ("gen_s", "timing_s/generate"),
+    ("tail_s", "timing_s/reward_tail"),
+    ("train_s", "timing_s/train"),
+    ("sync_s", "timing_s/sync"),
     ("eval_AI", "eval/A^I"),
-)  # fmt: skip
+)
 
 
 class Progress:
@@ -21,9 +29,10 @@ class Progress:
 
     def update(self, iteration: int, metrics: dict[str, float]) -> None:
         self.bar.set_postfix(
-            acc=f"{metrics.get('reward/accuracy/mean', 0):.2f}", score=f"{metrics.get('reward/score/mean', 0):.3f}",
+            acc=f"{metrics.get('reward/accuracy/mean', 0):.2f}",
+            score=f"{metrics.get('reward/score/mean', 0):.3f}",
             s=f"{metrics.get('timing_s/iteration', 0):.1f}",
-        )  # fmt: skip
+        )
         self.bar.update(1)
 
     def close(self) -> None:

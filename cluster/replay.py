@@ -25,8 +25,9 @@ REPLAY_SEED_OFFSET = 7_919  # the draw's seed is apart from the stream's epoch s
 class ReplayBuffer:
     """Mixed-outcome training prompts by sample id, each with its latest group accuracy in (0, 1)."""
 
-    def __init__(self, samples: Sequence[Sample], share: float, seed: int,
-                 state: Mapping[str, float] | None = None):  # fmt: skip
+    def __init__(
+        self, samples: Sequence[Sample], share: float, seed: int, state: Mapping[str, float] | None = None
+    ):
         if not 0.0 <= share < 1.0:
             raise ValueError(f"replay share must be in [0, 1), got {share}")
         self.by_id = {s.sample_id: s for s in samples}

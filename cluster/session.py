@@ -60,8 +60,14 @@ def _first_line(err: BaseException) -> str:
 
 
 class TrainingCluster:
-    def __init__(self, cfg: RunConfig, model_path: str, reference_path: str | None = None, version: int = 0,
-                 resume: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model_path: str,
+        reference_path: str | None = None,
+        version: int = 0,
+        resume: bool = False,
+    ):
         """`model_path` holds policy `version` (a checkpoint when `resume`: the learner restores its
         optimizer state too); `reference_path` the initial policy the KL term is measured against
         (default: `model_path`)."""
@@ -70,19 +76,33 @@ class TrainingCluster:
         self.owns_ray = start_ray(cfg, self.on_gpu)
         self.placement = Placement(roles(cfg), cfg.cluster.startup_timeout_s, worker_env(cfg, self.on_gpu))
         loader = image_loader(cfg.data)
-        self.rollout = RolloutPool(self.placement.spawn("rollout", RolloutWorker, [
-            (rollout_engine_settings(cfg, model_path, i), rollout_sampling(cfg), loader, version)
-            for i in range(cfg.rollout.num_workers)
-        ]))  # fmt: skip
+        self.rollout = RolloutPool(
+            self.placement.spawn(
+                "rollout",
+                RolloutWorker,
+                [
+                    (rollout_engine_settings(cfg, model_path, i), rollout_sampling(cfg), loader, version)
+                    for i in range(cfg.rollout.num_workers)
+                ],
+            )
+        )
         judge = None
         if cfg.reward.reflection:
             follows = cfg.reward.judge_follows_policy
             judge = judge_settings(
                 cfg, model_path if follows else resolve_model(cfg.reward.judge.model or "")
             )
-        self.reward = RewardPool(self.placement.spawn("reward", RewardWorker, [
-            (cfg.reward, reward_rules(cfg), judge, loader, version) for _ in range(cfg.reward.num_workers)
-        ]), follows_policy=cfg.reward.judge_follows_policy)  # fmt: skip
+        self.reward = RewardPool(
+            self.placement.spawn(
+                "reward",
+                RewardWorker,
+                [
+                    (cfg.reward, reward_rules(cfg), judge, loader, version)
+                    for _ in range(cfg.reward.num_workers)
+                ],
+            ),
+            follows_policy=cfg.reward.judge_follows_policy,
+        )
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path, loader, resume))
         self.workers = Workers(
             self.rollout,
@@ -160,8 +180,11 @@ class TrainingCluster:
 
     def actor_names(self) -> dict[str, str]:
         """Ray actor id (hex) → what it is in this run ("rollout worker 1")."""
-        pools = [("rollout worker", self.rollout.actors), ("reward worker", self.reward.actors),
-                 ("learner rank", self.learner.ranks)]  # fmt: skip
+        pools = [
+            ("rollout worker", self.rollout.actors),
+            ("reward worker", self.reward.actors),
+            ("learner rank", self.learner.ranks),
+        ]
         return {
             actor._actor_id.hex(): f"{kind} {i}" for kind, actors in pools for i, actor in enumerate(actors)
         }

@@ -51,16 +51,22 @@ def rollout_sampling(cfg: RunConfig) -> SamplingSettings:
 def reward_rules(cfg: RunConfig) -> RewardRules:
     w = cfg.reward
     return RewardRules(
-        total=w.total, coherence_span=w.coherence_span, strict_yes_no=w.strict_yes_no,
-        strict_label_match=w.strict_label_match, judge_prompt=w.judge.prompt,
-    )  # fmt: skip
+        total=w.total,
+        coherence_span=w.coherence_span,
+        strict_yes_no=w.strict_yes_no,
+        strict_label_match=w.strict_label_match,
+        judge_prompt=w.judge.prompt,
+    )
 
 
 def image_policy(cfg: DataConfig) -> ImagePolicy:
     return ImagePolicy(
-        min_side=cfg.min_side, max_aspect=cfg.max_aspect, max_source_pixels=cfg.max_source_pixels,
-        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-    )  # fmt: skip
+        min_side=cfg.min_side,
+        max_aspect=cfg.max_aspect,
+        max_source_pixels=cfg.max_source_pixels,
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+    )
 
 
 def image_loader(cfg: DataConfig) -> Callable[[Any], Any]:
@@ -90,9 +96,15 @@ def prompt_request(sample: Sample, group_id: int, style: str, seed: int) -> Prom
 
 
 def learner_rank_specs(
-    model_path: str, learner: LearnerConfig, micro_batches: int, loader: Callable[[Any], Any],
-    rendezvous: tuple[str, int], *, reference_path: str | None = None, restore_optimizer: bool = False,
-) -> list[RankSpec]:  # fmt: skip
+    model_path: str,
+    learner: LearnerConfig,
+    micro_batches: int,
+    loader: Callable[[Any], Any],
+    rendezvous: tuple[str, int],
+    *,
+    reference_path: str | None = None,
+    restore_optimizer: bool = False,
+) -> list[RankSpec]:
     """One RankSpec per rank of `learner.num_ranks`, meeting at `rendezvous` (Placement.rendezvous);
     `reference_path` None: the policy's own `model_path`."""
     address, port = rendezvous
@@ -108,6 +120,6 @@ def learner_rank_specs(
             image_loader=loader,
             reference_path=reference_path,
             restore_optimizer=restore_optimizer,
-        )  # fmt: skip
+        )
         for rank in range(learner.num_ranks)
     ]

@@ -39,9 +39,11 @@ def read_samples(source: str, cfg: DataConfig) -> LoadResult:
     from cluster.data.manifest import load_dataset
 
     return load_dataset(
-        resolve_source(source, cfg), label_set=cfg.label_set, columns=columns(cfg),
+        resolve_source(source, cfg),
+        label_set=cfg.label_set,
+        columns=columns(cfg),
         allow_outside_paths=cfg.allow_outside_paths,
-    )  # fmt: skip
+    )
 
 
 def load_samples(source: str, cfg: DataConfig, *, workers: int | None = None) -> LoadResult:

@@ -23,8 +23,15 @@ class StreamState:
 
 
 class PromptStream(Generic[T]):
-    def __init__(self, items: Sequence[T], batch_size: int, *, seed: int, shuffle: bool = True,
-                 state: StreamState | None = None):  # fmt: skip
+    def __init__(
+        self,
+        items: Sequence[T],
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        state: StreamState | None = None,
+    ):
         if not items:
             raise ValueError("the training set is empty")
         self.items = list(items)

@@ -62,13 +62,23 @@ class RunState:
         """The learner's weights are `version`, the next iteration is `iteration`: a checkpoint now
         resumes exactly here."""
         self.resumable = {
-            "next_iteration": self.iteration, "version": self.version, "stream": asdict(self.stream.state),
-            "replay": self.replay.state(), "data": data_digest(self.stream.items),
-        }  # fmt: skip
+            "next_iteration": self.iteration,
+            "version": self.version,
+            "stream": asdict(self.stream.state),
+            "replay": self.replay.state(),
+            "data": data_digest(self.stream.items),
+        }
 
 
-def train_loop(cfg: RunConfig, tc: TrainingCluster, state: RunState, run: Path, log_: MetricsLog, progress,
-               stop: StopSignal = NEVER) -> list[dict]:  # fmt: skip
+def train_loop(
+    cfg: RunConfig,
+    tc: TrainingCluster,
+    state: RunState,
+    run: Path,
+    log_: MetricsLog,
+    progress,
+    stop: StopSignal = NEVER,
+) -> list[dict]:
     """Iterations `state.iteration` .. cluster.iterations-1; returns their metrics."""
     history = []
     evaluator = Evaluator(cfg, tc)
@@ -144,10 +154,13 @@ def _iteration_metrics(rollouts: IterationRollouts, train: dict, version: int, t
     metrics = rollout_metrics(rollouts) | rollouts.metrics | train
     metrics |= {
         "policy_version": float(version),
-        "timing_s/generate": rollouts.generate_s, "timing_s/reward_tail": rollouts.reward_tail_s,
-        "timing_s/train": t[2] - t[1], "timing_s/sync": t[3] - t[2], "timing_s/iteration": t[3] - t[0],
+        "timing_s/generate": rollouts.generate_s,
+        "timing_s/reward_tail": rollouts.reward_tail_s,
+        "timing_s/train": t[2] - t[1],
+        "timing_s/sync": t[3] - t[2],
+        "timing_s/iteration": t[3] - t[0],
         "throughput/rollout_tokens_per_s": tokens / max(rollouts.generate_s, 1e-9),
-    }  # fmt: skip
+    }
     return metrics
 
 
@@ -158,12 +171,16 @@ def _dump_rollouts(run: Path, iteration: int, rollouts: IterationRollouts, limit
         for sg in rollouts.groups[: max(1, limit // max(len(rollouts.groups[0].scores), 1))]:
             for completion, score in zip(sg.group.completions, sg.scores, strict=True):
                 record = {
-                    "iteration": iteration, "sample_id": sg.sample.sample_id, "label": sg.sample.answer,
-                    "policy_version": sg.group.policy_version, "response": completion.text,
+                    "iteration": iteration,
+                    "sample_id": sg.sample.sample_id,
+                    "label": sg.sample.answer,
+                    "policy_version": sg.group.policy_version,
+                    "response": completion.text,
                     "coherence_reflection": score.coherence_reflection,
                     "consistency_reflection": score.consistency_reflection,
-                    "rewards": asdict(score.rewards) if score.rewards else None, "error": score.error,
-                }  # fmt: skip
+                    "rewards": asdict(score.rewards) if score.rewards else None,
+                    "error": score.error,
+                }
                 f.write(json.dumps(record) + "\n")
 
 
@@ -234,8 +251,12 @@ def write_data_report(run: Path, source: str, loaded: LoadResult) -> None:
         f"data: {len(loaded.samples)} training samples from {source}"
         + (f"; skipped {skipped}: {reasons}" if skipped else "")
     )
-    report = {"source": source, "usable": len(loaded.samples), "skipped": dict(loaded.skipped),
-              "first_skipped": [list(e) for e in loaded.errors[:50]]}  # fmt: skip
+    report = {
+        "source": source,
+        "usable": len(loaded.samples),
+        "skipped": dict(loaded.skipped),
+        "first_skipped": [list(e) for e in loaded.errors[:50]],
+    }
     (run / DATA_REPORT).write_text(json.dumps(report, indent=1) + "\n")
 
 
@@ -253,8 +274,13 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     run.mkdir(parents=True, exist_ok=True)  # every refusal is above: no orphan run folder
     write_config(run, cfg)
     write_data_report(run, cfg.data.train, train_set)
-    stream = PromptStream(train_set.samples, cfg.cluster.prompts_per_iteration, seed=cfg.cluster.seed,
-                          shuffle=cfg.data.shuffle, state=StreamState(**saved.get("stream", {})))  # fmt: skip
+    stream = PromptStream(
+        train_set.samples,
+        cfg.cluster.prompts_per_iteration,
+        seed=cfg.cluster.seed,
+        shuffle=cfg.data.shuffle,
+        state=StreamState(**saved.get("stream", {})),
+    )
     replay = ReplayBuffer(train_set.samples, cfg.data.replay_share, cfg.cluster.seed, saved.get("replay"))
     state = RunState(stream, replay, saved.get("next_iteration", 0), saved.get("version", 0))
     if checkpoint:
@@ -281,8 +307,15 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     return 0
 
 
-def _train_or_save(cfg: RunConfig, tc: TrainingCluster, state: RunState, run: Path, log_: MetricsLog, progress,
-                   stop: StopSignal) -> list[dict]:  # fmt: skip
+def _train_or_save(
+    cfg: RunConfig,
+    tc: TrainingCluster,
+    state: RunState,
+    run: Path,
+    log_: MetricsLog,
+    progress,
+    stop: StopSignal,
+) -> list[dict]:
     """`train_loop`; if it stops early (a signal, a failure), first a checkpoint of the last exact point
     it reached when that is newer than the run's latest, so no finished work is lost."""
     try:

@@ -91,9 +91,13 @@ class LearnerRank:
         self.image_loader = spec.image_loader
         self.processor = load_processor(spec.model_path)
         self.policy = Policy(
-            spec.model_path, spec.cfg, rank=spec.rank, world_size=spec.world_size,
-            total_micro_batches_per_step=spec.micro_batches_per_step, reference_path=spec.reference_path,
-        )  # fmt: skip
+            spec.model_path,
+            spec.cfg,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            total_micro_batches_per_step=spec.micro_batches_per_step,
+            reference_path=spec.reference_path,
+        )
         self.bucket_bytes = int(spec.bucket_mib * 2**20)
         self.optimizer_restore = (
             self.policy.load_optimizer(spec.model_path) if spec.restore_optimizer else None

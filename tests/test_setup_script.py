@@ -11,8 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_an_unknown_option_is_a_usage_error_before_anything_is_installed(tmp_path):
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "setup_env.sh"), "--cuda"],
-        capture_output=True, text=True, timeout=60, env={"EMO_R3_VENV": str(tmp_path / "venv"), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"EMO_R3_VENV": str(tmp_path / "venv"), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2 and "usage" in proc.stderr
     assert not (tmp_path / "venv").exists()
 

@@ -67,9 +67,14 @@ def run_config(
     style = "grpo" if "data.prompt_style=grpo" in method.overrides else "set"
     epochs = [f"sft.epochs={grpo_sft_epochs(load_config(base, list(overrides)))}"] if style == "grpo" else []
     own = [
-        *method.overrides, *epochs, f"cluster.seed={seed}", f"sft.seed={seed}", f"cluster.output_dir={root}",
-        f"cluster.run_name={method.slug}-seed{seed}", f"sft.output={root / f'sft-{style}-seed{seed}'}",
-    ]  # fmt: skip
+        *method.overrides,
+        *epochs,
+        f"cluster.seed={seed}",
+        f"sft.seed={seed}",
+        f"cluster.output_dir={root}",
+        f"cluster.run_name={method.slug}-seed{seed}",
+        f"sft.output={root / f'sft-{style}-seed{seed}'}",
+    ]
     return load_config(base, [*overrides, *own])
 
 

@@ -69,13 +69,19 @@ def run_eval(cfg: RunConfig, request: EvalRequest) -> int:
     summary = paper_summary(results, _names_of(in_domain, sources, list(datasets)))
     out_dir = Path(r.out).expanduser() if r.out else Path(model_path) / "eval"
     meta = {
-        "model": model_path, "prompt_style": style, "sampling": asdict(sampling), "seed": seed, "limit": r.limit,
+        "model": model_path,
+        "prompt_style": style,
+        "sampling": asdict(sampling),
+        "seed": seed,
+        "limit": r.limit,
         "sources": dict(zip(datasets, sources, strict=True)),  # data set name -> source (bench reasoning)
         "data": cfg.data.model_dump(mode="json"),
-    }  # fmt: skip
+    }
     _write(out_dir, meta, results, summary, datasets, responses)
-    print(f"EMO-R3 eval: {model_path}, {'greedy' if r.greedy else 'T=0.6 top_p=0.95'}, {style} prompt, "
-          f"max_new_tokens {sampling.max_new_tokens}, {time.perf_counter() - start:.1f} s\n")  # fmt: skip
+    print(
+        f"EMO-R3 eval: {model_path}, {'greedy' if r.greedy else 'T=0.6 top_p=0.95'}, {style} prompt, "
+        f"max_new_tokens {sampling.max_new_tokens}, {time.perf_counter() - start:.1f} s\n"
+    )
     print(markdown_table(results, summary))
     print(f"\nwritten to {out_dir}")
     return 0
@@ -124,9 +130,13 @@ def _load_image(ref, policy):
 
 
 def _write(
-    out_dir: Path, meta: dict, results: dict[str, EvalResult], summary: dict,
-    datasets: dict[str, list[Sample]], responses: dict[str, list[str]],
-) -> None:  # fmt: skip
+    out_dir: Path,
+    meta: dict,
+    results: dict[str, EvalResult],
+    summary: dict,
+    datasets: dict[str, list[Sample]],
+    responses: dict[str, list[str]],
+) -> None:
     """eval.json (how it was produced, the results, the summary), and per data set a confusion PNG
     and the responses file."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -67,8 +67,10 @@ def before_after_table(records: list[dict]) -> str:
         return "no held-out evaluation in this run (data.eval empty or cluster.eval_every=0)"
     first, last = evals[0], evals[-1]
     v0, v1 = int(first["eval/policy_version"]), int(last["eval/policy_version"])
-    lines = [f"| held-out set | accuracy v{v0} → v{v1} | format rate v{v0} → v{v1} | parse failures v{v0} → v{v1} |",
-             "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"| held-out set | accuracy v{v0} → v{v1} | format rate v{v0} → v{v1} | parse failures v{v0} → v{v1} |",
+        "|---|---|---|---|",
+    ]
     names = datasets(first)
     for name in names:
         cells = [
@@ -98,8 +100,12 @@ def plot_learning_curve(records: list[dict], path: Path) -> None:
     top.legend(fontsize=8)
     evals = eval_records(records)
     for name in datasets(evals[0]) if evals else []:
-        bottom.plot([r["eval/policy_version"] for r in evals], [100 * r[f"eval/{name}/accuracy"] for r in evals],
-                    marker="o", label=f"{name} accuracy")  # fmt: skip
+        bottom.plot(
+            [r["eval/policy_version"] for r in evals],
+            [100 * r[f"eval/{name}/accuracy"] for r in evals],
+            marker="o",
+            label=f"{name} accuracy",
+        )
     bottom.set(title="held-out accuracy per policy version", xlabel="policy version", ylabel="%")
     bottom.legend(fontsize=8)
     fig.tight_layout()

@@ -78,13 +78,21 @@ def _dump(path: Path, batch: list[Sample], groups: list[Group], scores: list[lis
         for sample, group, group_scores in zip(batch, groups, scores, strict=True):
             for completion, s in zip(group.completions, group_scores, strict=True):
                 record = {
-                    "sample_id": sample.sample_id, "group_id": group.group_id, "label": sample.answer,
-                    "labels": list(sample.labels), "policy_version": group.policy_version,
-                    "response": completion.text, "num_tokens": len(completion.token_ids),
+                    "sample_id": sample.sample_id,
+                    "group_id": group.group_id,
+                    "label": sample.answer,
+                    "labels": list(sample.labels),
+                    "policy_version": group.policy_version,
+                    "response": completion.text,
+                    "num_tokens": len(completion.token_ids),
                     "coherence_reflection": s.coherence_reflection,
                     "consistency_reflection": s.consistency_reflection,
-                    **({k: getattr(s.rewards, k) for k in COMPONENTS} if s.rewards else {"unscorable": s.error}),
-                }  # fmt: skip
+                    **(
+                        {k: getattr(s.rewards, k) for k in COMPONENTS}
+                        if s.rewards
+                        else {"unscorable": s.error}
+                    ),
+                }
                 f.write(json.dumps(record) + "\n")
 
 

@@ -262,8 +262,10 @@ def _print_epoch(epoch: int, epochs: int, history: list[dict[str, float]]) -> No
     steps = [h for h in history if h["epoch"] == epoch]
     loss = statistics.fmean(h["loss"] for h in steps)
     seconds = sum(h["train_s"] for h in steps)
-    print(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f} (last step {steps[-1]['loss']:.4f}), "
-          f"{len(steps)} steps, {seconds:.1f} s")  # fmt: skip
+    print(
+        f"epoch {epoch + 1}/{epochs}: loss {loss:.4f} (last step {steps[-1]['loss']:.4f}), "
+        f"{len(steps)} steps, {seconds:.1f} s"
+    )
 
 
 def _write_history(out: Path, history: list[dict[str, float]]) -> None:

@@ -89,9 +89,13 @@ def load_jsonl(
         return (row.get(key) for _, row in _jsonl_rows(path) if isinstance(row, Mapping))
 
     return _collect(
-        _jsonl_rows(path), answers, base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set,
-        columns=columns, allow_outside_paths=allow_outside_paths,
-    )  # fmt: skip
+        _jsonl_rows(path),
+        answers,
+        base_dir=os.path.dirname(os.path.abspath(path)),
+        label_set=label_set,
+        columns=columns,
+        allow_outside_paths=allow_outside_paths,
+    )
 
 
 def _jsonl_rows(path: str) -> Iterator[tuple[str, Any]]:
@@ -137,9 +141,13 @@ def load_parquet(
                 yield from batch.column(0).to_pylist()
 
     return _collect(
-        rows(), answers, base_dir=os.path.dirname(os.path.abspath(path)), label_set=label_set,
-        columns=columns, allow_outside_paths=allow_outside_paths,
-    )  # fmt: skip
+        rows(),
+        answers,
+        base_dir=os.path.dirname(os.path.abspath(path)),
+        label_set=label_set,
+        columns=columns,
+        allow_outside_paths=allow_outside_paths,
+    )
 
 
 def _collect(
@@ -165,9 +173,14 @@ def _collect(
             if isinstance(row, RowRejected):
                 raise row
             sample = row_to_sample(
-                row, columns=columns, base_dir=base_dir, default_id=where, label_set=label_set,
-                answers_fit=answers_fit, allow_outside_paths=allow_outside_paths,
-            )  # fmt: skip
+                row,
+                columns=columns,
+                base_dir=base_dir,
+                default_id=where,
+                label_set=label_set,
+                answers_fit=answers_fit,
+                allow_outside_paths=allow_outside_paths,
+            )
             if sample.sample_id in seen:
                 raise RowRejected("duplicate_id", sample.sample_id)
         except RowRejected as rejected:

@@ -48,9 +48,15 @@ def tiny_captions() -> list[tuple[str, str, str]]:
     for style in ("emoset", "emotion6"):
         root = cache_dir() / "data" / f"pretrain-{style}"
         train, _ = generate(
-            root, style=style, n_train=PRETRAIN_IMAGES, n_test=0, seed=PRETRAIN_SEED, size=PRETRAIN_SIZE,
-            ambiguity=PRETRAIN_AMBIGUITY, two_borrowed=PRETRAIN_TWO_BORROWED,
-        )  # fmt: skip
+            root,
+            style=style,
+            n_train=PRETRAIN_IMAGES,
+            n_test=0,
+            seed=PRETRAIN_SEED,
+            size=PRETRAIN_SIZE,
+            ambiguity=PRETRAIN_AMBIGUITY,
+            two_borrowed=PRETRAIN_TWO_BORROWED,
+        )
         for i, line in enumerate(train.read_text().splitlines()):
             row = json.loads(line)
             prompts = (

@@ -82,8 +82,11 @@ def caption_pretrain(
             schedule.step()
             history.append({"update": len(history), "epoch": epoch, "loss": loss, "lr": lr})
         losses = [h["loss"] for h in history if h["epoch"] == epoch]
-        print(f"tiny model caption pretraining: epoch {epoch + 1}/{spec.epochs}, loss {sum(losses) / len(losses):.4f}, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"tiny model caption pretraining: epoch {epoch + 1}/{spec.epochs}, loss {sum(losses) / len(losses):.4f}, "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     model.eval()
     return history
 

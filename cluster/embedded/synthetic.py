@@ -31,9 +31,20 @@ from .scenes import Scene, balanced_labels, get_style, sample_scene
 
 # what decides the bytes of an image or a manifest row: the modules that draw and word the scenes,
 # and the question text
-GENERATOR_SOURCES = tuple(f"cluster.embedded.{name}" for name in (
-    "accents", "backdrops", "faces", "objects", "render", "responses", "scenes", "shapes", "synthetic"
-)) + ("rewards.prompts",)  # fmt: skip
+GENERATOR_SOURCES = tuple(
+    f"cluster.embedded.{name}"
+    for name in (
+        "accents",
+        "backdrops",
+        "faces",
+        "objects",
+        "render",
+        "responses",
+        "scenes",
+        "shapes",
+        "synthetic",
+    )
+) + ("rewards.prompts",)
 MIN_SIZE = 56
 SPLITS: dict[str, int] = {"train": 0, "test": 1}
 STYLE_CODES: dict[str, int] = {"emoset": 0, "emotion6": 1}  # stable seed-stream ids
@@ -59,8 +70,15 @@ def generate(
     `size` is the image side in pixels (>= 56); `ambiguity` the probability that a scene borrows one
     or two cues from its label's confusable partner.
     """
-    params = _params(style=style, n_train=n_train, n_test=n_test, seed=seed, size=size, ambiguity=ambiguity,
-                     two_borrowed=two_borrowed)  # fmt: skip
+    params = _params(
+        style=style,
+        n_train=n_train,
+        n_test=n_test,
+        seed=seed,
+        size=size,
+        ambiguity=ambiguity,
+        two_borrowed=two_borrowed,
+    )
     out = Path(out_dir)
     paths = out / "train.jsonl", out / "test.jsonl"
     meta = out / "meta.json"

@@ -39,10 +39,21 @@ BUILD_VERSION = 3  # 3: caption pretraining steps by length group (same gradient
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-)  # fmt: skip
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 CAPTION_PROMPT = "Describe the image."  # the user text of caption pretraining (cluster.embedded.pretrain)
 PRETRAIN_LOG = "pretrain_metrics.jsonl"
 # Reasoning tags: whole tokens, but not special, so decode(skip_special_tokens=True) keeps them.
@@ -129,8 +140,10 @@ def model_digest(
     their bytes, so regenerated images with the same names and captions give a new build."""
     key = {"build": BUILD_VERSION, "spec": asdict(spec), "corpus": list(corpus)}
     if captions:
-        key |= {"captions": [[_file_digest(image), prompt, text] for image, prompt, text in captions],
-                "pretrain": asdict(pretrain or PretrainSpec())}  # fmt: skip
+        key |= {
+            "captions": [[_file_digest(image), prompt, text] for image, prompt, text in captions],
+            "pretrain": asdict(pretrain or PretrainSpec()),
+        }
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
 

@@ -59,8 +59,11 @@ def test_paper_recipe_mirrors_method_hyperparameters(tmp_path):
         0.01,
     )
     assert cfg.learner.updates_per_iteration == 2
-    gpus = (cfg.rollout.num_workers * cfg.rollout.num_gpus_per_worker + cfg.reward.num_workers
-            * cfg.reward.num_gpus_per_worker + cfg.learner.num_ranks * cfg.learner.num_gpus_per_rank)  # fmt: skip
+    gpus = (
+        cfg.rollout.num_workers * cfg.rollout.num_gpus_per_worker
+        + cfg.reward.num_workers * cfg.reward.num_gpus_per_worker
+        + cfg.learner.num_ranks * cfg.learner.num_gpus_per_rank
+    )
     assert gpus == 8
 
 

@@ -74,9 +74,12 @@ def _run(
     rollout_actors = rollout_actor if isinstance(rollout_actor, list) else [rollout_actor]
     reward_actors = reward_actor if isinstance(reward_actor, list) else [reward_actor]
     workers = Workers(
-        RolloutPool(rollout_actors), RewardPool(reward_actors, follows_policy=True), chunk_size, generate_timeout_s,
+        RolloutPool(rollout_actors),
+        RewardPool(reward_actors, follows_policy=True),
+        chunk_size,
+        generate_timeout_s,
         reward_timeout_s,
-    )  # fmt: skip
+    )
     return generate_and_score(workers, batch, requests, 0)
 
 
@@ -206,9 +209,14 @@ class ScriptedRollout:
         self.calls.append(keys)
         text = "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{{{}}}"
         return [
-            Group(gid, 0, [1, 2], [Completion([5, 6], [-0.1, -0.2], text.format(a), "stop") for a in self.script[gid, r]])
+            Group(
+                gid,
+                0,
+                [1, 2],
+                [Completion([5, 6], [-0.1, -0.2], text.format(a), "stop") for a in self.script[gid, r]],
+            )
             for gid, r in keys
-        ]  # fmt: skip
+        ]
 
     def generate_calls(self):
         return self.calls
@@ -217,11 +225,14 @@ class ScriptedRollout:
 @pytest.mark.parametrize("rounds", [1, 2])
 def test_all_wrong_groups_are_resampled_and_a_round_with_a_right_answer_joins_the_group(local_ray, rounds):
     script = {
-        (0, 0): ("joy", "joy"), (0, 1): ("fear", "joy"),  # all wrong, then rescued in round 1
-        (1, 0): ("joy", "joy"), (1, 1): ("joy", "joy"), (1, 2): ("joy", "fear"),  # rescued in round 2
+        (0, 0): ("joy", "joy"),
+        (0, 1): ("fear", "joy"),  # all wrong, then rescued in round 1
+        (1, 0): ("joy", "joy"),
+        (1, 1): ("joy", "joy"),
+        (1, 2): ("joy", "fear"),  # rescued in round 2
         (2, 0): ("fear", "joy"),  # mixed: never resampled
         (3, 0): ("fear", "fear"),  # all right: never resampled
-    }  # fmt: skip
+    }
     actor = ray.remote(ScriptedRollout).remote(script)
     reward = RewardPool([ray.remote(FakeReward).remote("ok")], follows_policy=True)
     workers = Workers(RolloutPool([actor]), reward, None, 30.0, 30.0)
@@ -234,8 +245,9 @@ def test_all_wrong_groups_are_resampled_and_a_round_with_a_right_answer_joins_th
     expected = {0: [0, 0, 1, 0], 1: [0, 0] if rounds == 1 else [0, 0, 0, 1], 2: [1, 0], 3: [1, 1]}
     assert answers == expected
     assert [len(sg.group.completions) for sg in rollouts.groups] == [len(expected[g]) for g in range(4)]
-    assert ray.get(actor.generate_calls.remote()) == [[(0, 0), (1, 0), (2, 0), (3, 0)], [(0, 1), (1, 1)], [(1, 2)]][
-        : rounds + 1
-    ]  # fmt: skip
+    assert (
+        ray.get(actor.generate_calls.remote())
+        == [[(0, 0), (1, 0), (2, 0), (3, 0)], [(0, 1), (1, 1)], [(1, 2)]][: rounds + 1]
+    )
     # round 2 joins group 1 only with its own rollouts: round 1's all-wrong pair was dropped
     assert metrics["rollout/resampled_groups"] == 2 and metrics["rollout/rescued_groups"] == rounds

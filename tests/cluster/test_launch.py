@@ -20,9 +20,17 @@ VENV_BIN = Path(sys.executable).parent
 
 @pytest.mark.parametrize(
     ("address", "loopback"),
-    [("127.0.0.1:6379", True), ("localhost:6379", True), ("ray://127.0.0.1:10001", True), ("http://[::1]:8265", True),
-     ("auto", True), ("10.0.0.5:6379", False), ("ray://head.example:10001", False), ("http://0.0.0.0:8265", False)],
-)  # fmt: skip
+    [
+        ("127.0.0.1:6379", True),
+        ("localhost:6379", True),
+        ("ray://127.0.0.1:10001", True),
+        ("http://[::1]:8265", True),
+        ("auto", True),
+        ("10.0.0.5:6379", False),
+        ("ray://head.example:10001", False),
+        ("http://0.0.0.0:8265", False),
+    ],
+)
 def test_loopback_addresses_are_recognised(address, loopback):
     assert is_loopback(address) is loopback
 
@@ -49,10 +57,20 @@ def test_a_job_refuses_an_unsafe_address_before_starting_anything(command, tmp_p
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     env["EMO_R3_CACHE_DIR"] = str(tmp_path / "cache")
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", command, "cluster.ray_address=203.0.113.7:6379",
-         f"cluster.output_dir={tmp_path / 'runs'}"],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            command,
+            "cluster.ray_address=203.0.113.7:6379",
+            f"cluster.output_dir={tmp_path / 'runs'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "not on loopback" in proc.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()

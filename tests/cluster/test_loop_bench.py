@@ -12,9 +12,12 @@ def test_the_report_prints_every_variant_and_ratio():
         "stages": stages,
         "rollout_vs_raw_vllm": {"worker_tokens_per_s": 900.0, "raw_tokens_per_s": 1000.0, "ratio": 0.9},
         "weight_push_s": {"1_engines": 0.2, "2_engines": 0.4},
-        "reflection_ratio": 0.8, "chunking_ratio": 1.5, "prompt_sharing_ratio": 4.0,
-        "peak_memory_gb": 9.5, "wall_s": 120.0,
-    }  # fmt: skip
+        "reflection_ratio": 0.8,
+        "chunking_ratio": 1.5,
+        "prompt_sharing_ratio": 4.0,
+        "peak_memory_gb": 9.5,
+        "wall_s": 120.0,
+    }
     report = format_result(result)
     assert "| with reflection | without reflection | chunks of 4 | full prompts |" in report
     assert "| timing_s/train | 2.00 | 4.00 | 6.00 | 8.00 |" in report

@@ -43,20 +43,33 @@ def test_the_reference_responses_are_faithful_and_right() -> None:
     ("text", "answer", "expected"),
     [
         # one of the two borrowed cues: not faithful, nothing absent
-        ("The stars feels like awe, but most cues suggest contentment, so ...", "contentment",
-         Verdict(SLOTS, True, False, False, False, False)),
+        (
+            "The stars feels like awe, but most cues suggest contentment, so ...",
+            "contentment",
+            Verdict(SLOTS, True, False, False, False, False),
+        ),
         # a cue the image does not show
-        ("The fireworks feels like awe, but most cues suggest contentment, so ...", "awe",
-         Verdict(SLOTS, False, True, False, True, False)),
+        (
+            "The fireworks feels like awe, but most cues suggest contentment, so ...",
+            "awe",
+            Verdict(SLOTS, False, True, False, True, False),
+        ),
         # a mixed image called unanimous
-        ("All cues agree, so a viewer would feel calm.", "contentment", Verdict(SLOTS, True, False, False, False, False)),
+        (
+            "All cues agree, so a viewer would feel calm.",
+            "contentment",
+            Verdict(SLOTS, True, False, False, False, False),
+        ),
         # neither reference form, and a label outside the pair
         ("I think it is nice.", "fear", Verdict(SLOTS, False, False, False, False, True)),
         # something that is no cue
-        ("The happy dog feels like awe, but most cues suggest contentment.", "contentment",
-         Verdict(SLOTS, True, False, False, False, True)),
+        (
+            "The happy dog feels like awe, but most cues suggest contentment.",
+            "contentment",
+            Verdict(SLOTS, True, False, False, False, True),
+        ),
     ],
-)  # fmt: skip
+)
 def test_step2_is_checked_against_the_scene(text: str, answer: str, expected: Verdict) -> None:
     assert judge(step2(text, answer), "emoset", CUES) == expected
 
@@ -85,8 +98,10 @@ def test_summary_shares() -> None:
     assert summary["accuracy_by_borrowed"] == {1: 0.5, 2: 0.5}
     # slot -> [accuracy, rollouts] over the images that borrow it
     assert summary["accuracy_by_borrowed_slot"] == {
-        "sky": [pytest.approx(1 / 3), 3], "face": [1.0, 1], "accent": [0.5, 2]
-    }  # fmt: skip
+        "sky": [pytest.approx(1 / 3), 3],
+        "face": [1.0, 1],
+        "accent": [0.5, 2],
+    }
     assert summarize([])["accuracy"] is None
 
 

@@ -21,11 +21,19 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
-    "cluster.iterations=3", "cluster.prompts_per_iteration=4", "rollout.group_size=4", "rollout.max_new_tokens=16",
-    "cluster.eval_every=0", "learner.micro_batch_size=4", "learner.num_ranks=2", "learner.num_cpus_per_rank=0.4",
-    "rollout.num_cpus_per_worker=0.4", "reward.num_cpus_per_worker=0.2", "cluster.checkpoint_every=0",
+    "cluster.iterations=3",
+    "cluster.prompts_per_iteration=4",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=16",
+    "cluster.eval_every=0",
+    "learner.micro_batch_size=4",
+    "learner.num_ranks=2",
+    "learner.num_cpus_per_rank=0.4",
+    "rollout.num_cpus_per_worker=0.4",
+    "reward.num_cpus_per_worker=0.2",
+    "cluster.checkpoint_every=0",
     "cluster.tensorboard=false",
-]  # fmt: skip
+]
 
 
 def _process_tree(root: int) -> set[int]:
@@ -116,8 +124,16 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def test_sigterm_stops_a_loopback_only_run_resumably_and_resume_finishes_it(tmp_path, random_init_tiny_model):
     run = tmp_path / "r"
-    args = [sys.executable, "-m", "cluster.cli", "train", *SMALL, f"model.path={random_init_tiny_model}",
-            f"cluster.output_dir={tmp_path}", "cluster.run_name=r"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "train",
+        *SMALL,
+        f"model.path={random_init_tiny_model}",
+        f"cluster.output_dir={tmp_path}",
+        "cluster.run_name=r",
+    ]
     log = (tmp_path / "train.log").open("w")
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
     listeners: set[tuple[str, int, str]] = set()
@@ -148,8 +164,9 @@ def test_sigterm_stops_a_loopback_only_run_resumably_and_resume_finishes_it(tmp_
     alive = sorted(pid for pid in pids if Path(f"/proc/{pid}").exists())
     assert not alive, f"processes left behind: {alive}"
     # 3. --resume finishes the run: one history, iterations 0..2 once each, versions in order
-    resumed = subprocess.run([*args, "--resume"], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
-                             timeout=900)  # fmt: skip
+    resumed = subprocess.run(
+        [*args, "--resume"], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     history = [(m["iteration"], m["policy_version"]) for m in _metrics(run)]
     assert history == [(0, 1), (1, 2), (2, 3)]

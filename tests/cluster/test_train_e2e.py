@@ -26,12 +26,20 @@ from cluster.train import RunState, _train_or_save, latest_checkpoint, next_batc
 pytestmark = pytest.mark.slow
 
 OVERRIDES = [
-    "cluster.iterations=2", "cluster.prompts_per_iteration=4", "rollout.group_size=4", "rollout.num_workers=2",
-    "rollout.num_cpus_per_worker=0.4", "learner.num_ranks=2", "learner.num_cpus_per_rank=0.4",
-    "reward.num_cpus_per_worker=0.2", "rollout.max_new_tokens=24", "cluster.eval_every=0", "cluster.dump_rollouts=4",
+    "cluster.iterations=2",
+    "cluster.prompts_per_iteration=4",
+    "rollout.group_size=4",
+    "rollout.num_workers=2",
+    "rollout.num_cpus_per_worker=0.4",
+    "learner.num_ranks=2",
+    "learner.num_cpus_per_rank=0.4",
+    "reward.num_cpus_per_worker=0.2",
+    "rollout.max_new_tokens=24",
+    "cluster.eval_every=0",
+    "cluster.dump_rollouts=4",
     "learner.micro_batch_size=4",
     "learner.warmup_steps=0",  # two iterations must change the greedy outputs: full-lr updates
-]  # fmt: skip
+]
 GREEDY = SamplingSettings(n=1, temperature=0.0, max_new_tokens=24)
 
 
@@ -119,9 +127,16 @@ def _lose_workers_mid_run(cfg, tc, state, run, metrics_log):
 def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local, tmp_path, capsys):
     from cluster.train import run_train
 
-    common = [*OVERRIDES, "learner.num_ranks=1", "rollout.num_workers=1", "cluster.checkpoint_every=1",
-              f"cluster.output_dir={tmp_path}", "cluster.run_name=r", "cluster.dump_rollouts=16",
-              "data.replay_share=0.5"]  # fmt: skip
+    common = [
+        *OVERRIDES,
+        "learner.num_ranks=1",
+        "rollout.num_workers=1",
+        "cluster.checkpoint_every=1",
+        f"cluster.output_dir={tmp_path}",
+        "cluster.run_name=r",
+        "cluster.dump_rollouts=16",
+        "data.replay_share=0.5",
+    ]
     assert run_train(load_config(None, [*common, "cluster.iterations=1"])) == 0
     run = tmp_path / "r"
     with (run / "metrics.jsonl").open("a") as f:  # an attempt that died after logging iteration 1

@@ -26,8 +26,12 @@ def test_config_show_prints_the_resolved_config_with_overrides():
 
 
 def test_score_rescores_a_dump_and_reports_malformed_lines(tmp_path):
-    good = {"response": "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{fear}", "label": "fear",
-            "coherence_reflection": "fear", "consistency_reflection": "no"}  # fmt: skip
+    good = {
+        "response": "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{fear}",
+        "label": "fear",
+        "coherence_reflection": "fear",
+        "consistency_reflection": "no",
+    }
     lines = [
         json.dumps(good),
         "{not json",
@@ -67,9 +71,13 @@ def test_data_check_fails_when_nothing_is_usable_and_on_a_missing_path(tmp_path)
 @pytest.mark.slow
 def test_sample_runs_the_pipeline_on_the_embedded_default(tmp_path):
     proc = emo_r3(
-        "sample", "cluster.prompts_per_iteration=2", "rollout.group_size=2", "rollout.max_new_tokens=24",
-        f"cluster.output_dir={tmp_path}", "cluster.run_name=s",
-    )  # fmt: skip
+        "sample",
+        "cluster.prompts_per_iteration=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=24",
+        f"cluster.output_dir={tmp_path}",
+        "cluster.run_name=s",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reflect + score" in proc.stdout
     rows = [json.loads(line) for line in (tmp_path / "s" / "sample_rollouts.jsonl").read_text().splitlines()]

@@ -25,13 +25,28 @@ def fake_pipeline(accuracy: dict[tuple[str, int], float], fail: set[tuple[str, i
         run.mkdir(parents=True, exist_ok=True)
         acc = accuracy[(method, int(seed))]
         records = [
-            {"iteration": 0, "eval/policy_version": 0.0, "eval/emoset/accuracy": 0.5, "eval/emoset/format_rate": 0.9,
-             "eval/emotion6/accuracy": 0.4, "eval/A^I": 50.0, "eval/A^O": 40.0, "eval/A": 45.0},
+            {
+                "iteration": 0,
+                "eval/policy_version": 0.0,
+                "eval/emoset/accuracy": 0.5,
+                "eval/emoset/format_rate": 0.9,
+                "eval/emotion6/accuracy": 0.4,
+                "eval/A^I": 50.0,
+                "eval/A^O": 40.0,
+                "eval/A": 45.0,
+            },
             {"iteration": 1, "reward/score/mean": 0.5},
-            {"iteration": cfg.cluster.iterations, "eval/policy_version": float(cfg.cluster.iterations),
-             "eval/emoset/accuracy": acc, "eval/emoset/format_rate": 1.0, "eval/emotion6/accuracy": acc / 2,
-             "eval/A^I": 100 * acc, "eval/A^O": 50 * acc, "eval/A": 75 * acc},
-        ]  # fmt: skip
+            {
+                "iteration": cfg.cluster.iterations,
+                "eval/policy_version": float(cfg.cluster.iterations),
+                "eval/emoset/accuracy": acc,
+                "eval/emoset/format_rate": 1.0,
+                "eval/emotion6/accuracy": acc / 2,
+                "eval/A^I": 100 * acc,
+                "eval/A^O": 50 * acc,
+                "eval/A": 75 * acc,
+            },
+        ]
         with (run / "metrics.jsonl").open("a") as f:  # appends, as the real metrics log does
             f.write("".join(json.dumps(r) + "\n" for r in records))
         return 0

@@ -110,16 +110,19 @@ def test_responses_file_keeps_each_sample_with_the_prediction_the_accuracy_count
     held_out.write_responses(tmp_path / "r.jsonl", samples, responses)
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [(r["sample_id"], r["answer"], r["prediction"]) for r in rows] == [
-        ("s0", "fear", "fear"), ("s1", "joy", "anger"), ("s2", "anger", None)
-    ]  # fmt: skip
+        ("s0", "fear", "fear"),
+        ("s1", "joy", "anger"),
+        ("s2", "anger", None),
+    ]
     assert [r["response"] for r in rows] == responses
     result = held_out.score_responses({"d": samples}, {"d": responses}, "set")["d"]
     assert result.accuracy == pytest.approx(1 / 3) and result.parse_failure_rate == pytest.approx(1 / 3)
 
 
 def emo_r3(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
 
 
 def test_eval_exits_2_on_a_missing_data_path_or_an_in_domain_source_outside_data(tmp_path):
@@ -134,8 +137,20 @@ def test_eval_exits_2_on_a_missing_data_path_or_an_in_domain_source_outside_data
 @pytest.mark.slow
 def test_eval_command_runs_the_tiny_model_on_two_synthetic_sets(tmp_path):
     start = time.perf_counter()
-    proc = emo_r3("eval", "--model", "tiny", "--data", "synthetic:emoset:test", "synthetic:emotion6:test",
-                  "--limit", "4", "--max-new-tokens", "16", "--out", str(tmp_path))  # fmt: skip
+    proc = emo_r3(
+        "eval",
+        "--model",
+        "tiny",
+        "--data",
+        "synthetic:emoset:test",
+        "synthetic:emotion6:test",
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "16",
+        "--out",
+        str(tmp_path),
+    )
     print(f"emo-r3 eval wall time: {time.perf_counter() - start:.1f} s")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| emoset:test (in-domain) | 4 |" in proc.stdout and "| A^O |" in proc.stdout

@@ -14,10 +14,20 @@ from cluster.config import load_config
 pytestmark = pytest.mark.slow
 
 TOY = [
-    "data.synthetic.n_train=32", "data.synthetic.n_test=8", "sft.samples=8", "sft.epochs=2", "sft.batch_size=8",
-    "cluster.iterations=2", "cluster.prompts_per_iteration=4", "rollout.group_size=2", "rollout.max_new_tokens=24",
-    "learner.micro_batch_size=4", "cluster.eval_every=1", "cluster.eval_limit=4", "cluster.checkpoint_every=0",
-]  # fmt: skip
+    "data.synthetic.n_train=32",
+    "data.synthetic.n_test=8",
+    "sft.samples=8",
+    "sft.epochs=2",
+    "sft.batch_size=8",
+    "cluster.iterations=2",
+    "cluster.prompts_per_iteration=4",
+    "rollout.group_size=2",
+    "rollout.max_new_tokens=24",
+    "learner.micro_batch_size=4",
+    "cluster.eval_every=1",
+    "cluster.eval_limit=4",
+    "cluster.checkpoint_every=0",
+]
 
 
 def test_pipeline_runs_sft_then_rl_and_reports_before_and_after(ray_local, tmp_path, capsys):

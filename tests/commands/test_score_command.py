@@ -95,8 +95,11 @@ def test_score_command_with_output_equal_to_input_fails_and_keeps_the_input(tmp_
     before = source.read_bytes()
     proc = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "score", "--input", str(source), "--output", str(source)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "is the input file" in proc.stderr
     assert source.read_bytes() == before

@@ -38,10 +38,15 @@ def _release_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
     ("problem", "labels"),
     [
         (RELEASED_PROBLEM, EMOSET),
-        ("Answer the question using one emotional category: Anger, Disgust, Fear, Joy, Sadness, or Surprise.",
-         LABEL_SETS["emotion6"]),
+        (
+            "Answer the question using one emotional category: Anger, Disgust, Fear, Joy, Sadness, or Surprise.",
+            LABEL_SETS["emotion6"],
+        ),
         ("using ONE EMOTIONAL CATEGORY: calm or tense", ("calm", "tense")),
-        ("one emotional category (one word only): calm, tense, bored\nThen explain.", ("calm", "tense", "bored")),
+        (
+            "one emotional category (one word only): calm, tense, bored\nThen explain.",
+            ("calm", "tense", "bored"),
+        ),
         ("one emotional category: calm,tense and bored .", ("calm", "tense", "bored")),
         ("one emotional category: 'calm', \"tense\"", ("calm", "tense")),
         ("Which emotion best describes the image?", None),  # no list
@@ -50,7 +55,7 @@ def _release_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
         ("one emotional category: calm, 3 things, or tense.", None),  # not words
         (None, None),
     ],
-)  # fmt: skip
+)
 def test_problem_labels_parse_the_release_category_list(problem, labels) -> None:
     assert problem_labels(problem) == labels
 

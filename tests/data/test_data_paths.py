@@ -82,7 +82,11 @@ def test_the_config_field_reaches_the_loader(tmp_path: Path) -> None:
 def test_parquet_paths_are_held_to_the_folder_and_embedded_bytes_are_not(tmp_path: Path) -> None:
     root, _ = _layout(tmp_path)
     png = _png()
-    images = [[{"bytes": None, "path": "img/in.png"}], [{"bytes": None, "path": "../secret.png"}], [{"bytes": png, "path": "/etc/x.png"}]]  # fmt: skip
+    images = [
+        [{"bytes": None, "path": "img/in.png"}],
+        [{"bytes": None, "path": "../secret.png"}],
+        [{"bytes": png, "path": "/etc/x.png"}],
+    ]
     pq.write_table(pa.table({"images": images, "answer": ["awe"] * 3}), root / "m.parquet")
     result = load_dataset(root / "m.parquet", label_set="emoset")
     assert result.errors == [("m.parquet[1]", "image_outside_root")]
@@ -108,7 +112,10 @@ def test_a_manifest_folder_reached_through_a_symlink_accepts_its_real_absolute_p
     os.symlink(root, tmp_path / "alias")
     result = load_dataset(tmp_path / "alias" / "m.jsonl", label_set="emoset")
     assert not result.skipped
-    assert [s.image for s in result.samples] == [str(root / "img" / "in.png"), str(tmp_path / "alias" / "img" / "in.png")]  # fmt: skip
+    assert [s.image for s in result.samples] == [
+        str(root / "img" / "in.png"),
+        str(tmp_path / "alias" / "img" / "in.png"),
+    ]
 
 
 def test_data_check_reports_outside_paths_under_their_reason_and_can_allow_them(

@@ -66,10 +66,19 @@ def spawn_ranks(ray, model_path, cfg, world_size, micro_batches_per_step, restor
     actor = ray.remote(num_cpus=0.5)(LearnerRank)
     port = free_port()
     specs = [
-        RankSpec(str(model_path), cfg, r, world_size, LOOPBACK, port, micro_batches_per_step, load_image,
-                 restore_optimizer=restore_optimizer)
+        RankSpec(
+            str(model_path),
+            cfg,
+            r,
+            world_size,
+            LOOPBACK,
+            port,
+            micro_batches_per_step,
+            load_image,
+            restore_optimizer=restore_optimizer,
+        )
         for r in range(world_size)
-    ]  # fmt: skip
+    ]
     ranks = [actor.remote(spec) for spec in specs]
     assert ray.get([r.ping.remote() for r in ranks], timeout=RPC_TIMEOUT_S) == list(range(world_size))
     return ranks

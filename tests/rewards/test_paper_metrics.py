@@ -94,9 +94,13 @@ def _result(name: str, correct: int, n: int = 500) -> EvalResult:
 # (in), EmoSet 56.0, WEBEmo 58.8. A^I = (70 + 76.2) / 2 = 73.10; A^O = (50 + 52 + 56 + 58.8) / 4 = 54.20;
 # A = (70 + 76.2 + 216.8) / 6 = 60.50.
 PAPER_SETTINGS = {
-    "emoset->emoset": 350, "emoset->emotion6": 250, "emoset->webemo": 260,
-    "emotion6->emotion6": 381, "emotion6->emoset": 280, "emotion6->webemo": 294,
-}  # fmt: skip
+    "emoset->emoset": 350,
+    "emoset->emotion6": 250,
+    "emoset->webemo": 260,
+    "emotion6->emotion6": 381,
+    "emotion6->emoset": 280,
+    "emotion6->webemo": 294,
+}
 IN_DOMAIN = ["emoset->emoset", "emotion6->emotion6"]
 
 
@@ -113,8 +117,12 @@ def test_paper_aggregation_reproduces_a_worked_example_of_both_settings():
 def test_a_side_without_data_sets_is_none_and_an_unknown_in_domain_name_is_rejected():
     results = {"emoset": _result("emoset", 3, n=4)}
     assert paper_summary(results, ["emoset"]) == {
-        "A^I": 75.0, "A^O": None, "A": 75.0, "in_domain": ["emoset"], "out_of_domain": [],
-    }  # fmt: skip
+        "A^I": 75.0,
+        "A^O": None,
+        "A": 75.0,
+        "in_domain": ["emoset"],
+        "out_of_domain": [],
+    }
     assert paper_summary(results, [])["A^I"] is None
     with pytest.raises(ValueError, match="webemo"):
         paper_summary(results, ["webemo"])

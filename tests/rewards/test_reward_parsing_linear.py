@@ -79,10 +79,37 @@ THINK_LITERALS = ("<think>", "</think>", "\\boxed{", "}")
 # Tag fragments, tags with whitespace inside, the characters normalization looks at, several kinds of
 # whitespace (\x1c and \u2003 are whitespace to `\s` too), box openings, braces, letters.
 FRAGMENTS = st.sampled_from(
-    [*SET_LITERALS, *THINK_LITERALS, "< step1 >", "< / step2 >", "<\tstep3\n>", "</ step1", "step1",
-     "step2", "step", "think", "boxed", "<", ">", "/", "</", "\\", "{", "}", " ", "  ", "\n", "\t",
-     "\u00a0", "\u2003", "\x1c", "a", "b", "fear"]
-)  # fmt: skip
+    [
+        *SET_LITERALS,
+        *THINK_LITERALS,
+        "< step1 >",
+        "< / step2 >",
+        "<\tstep3\n>",
+        "</ step1",
+        "step1",
+        "step2",
+        "step",
+        "think",
+        "boxed",
+        "<",
+        ">",
+        "/",
+        "</",
+        "\\",
+        "{",
+        "}",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "\u00a0",
+        "\u2003",
+        "\x1c",
+        "a",
+        "b",
+        "fear",
+    ]
+)
 FILLER = st.lists(st.one_of(FRAGMENTS, st.text(max_size=3)), max_size=4).map("".join)
 TEXT = st.lists(st.one_of(FRAGMENTS, st.text(max_size=3)), max_size=40).map("".join)
 
@@ -192,10 +219,14 @@ FORMAT_CASES = [
     ("think blocks, open boxes", lambda size: "<think>" + repeat("</think>\\boxed{", size), 0.0, 0.0),
     ("think blocks, closed at the end", lambda size: repeat("<think></think>\\boxed{", size) + "}", 0.0, 1.0),
     # A huge whitespace run between words: the release's normalization alone is quadratic (21 s at 64 KiB).
-    ("whitespace run inside step 1",
-     lambda size: SET_BLOCK.replace("a", "a" + " " * size + "a") + "\\boxed{x}", 1.0, 0.0),
+    (
+        "whitespace run inside step 1",
+        lambda size: SET_BLOCK.replace("a", "a" + " " * size + "a") + "\\boxed{x}",
+        1.0,
+        0.0,
+    ),
     ("whitespace run inside think", lambda size: "<think>a" + "\n" * size + "b</think>\\boxed{x}", 0.0, 1.0),
-]  # fmt: skip
+]
 
 
 @pytest.mark.timeout(DEADLINE_S)
@@ -262,10 +293,12 @@ ADVERSARIAL = [(name, build) for name, build, _, _ in FORMAT_CASES] + [
     ("step1 repeated", lambda size: repeat("<step1>", size)),
     ("echo tags, whitespace tail", lambda size: repeat("< step1 >", size) + "< / step2 >" + " " * size),
     ("boxes never closed", lambda size: repeat("\\boxed{", size)),
-    ("marker name near-misses",
-     lambda size: "<step1>" + repeat("text to ", size) + repeat("_judge", size) + "<step2>"),
+    (
+        "marker name near-misses",
+        lambda size: "<step1>" + repeat("text to ", size) + repeat("_judge", size) + "<step2>",
+    ),
     ("marker name split by a whitespace run", lambda size: "<step1>text" + " " * size + "to<step2></step2>"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.timeout(DEADLINE_S)

@@ -31,9 +31,32 @@ from rewards.rules import (
 EMOSET = prompts.LABEL_SETS["emoset"]
 # Text biased towards the tokens the parsers look for, plus arbitrary unicode.
 FRAGMENTS = st.sampled_from(
-    ["<step1>", "</step1>", "<step2>", "</step2>", "<step3>", "</step3>", "<think>", "</think>", "< / ",
-     "\\boxed{", "{", "}", "\\", "fear", "Fear.", "none", "yes", "no", " ", "\n", "<", ">", "/"]
-)  # fmt: skip
+    [
+        "<step1>",
+        "</step1>",
+        "<step2>",
+        "</step2>",
+        "<step3>",
+        "</step3>",
+        "<think>",
+        "</think>",
+        "< / ",
+        "\\boxed{",
+        "{",
+        "}",
+        "\\",
+        "fear",
+        "Fear.",
+        "none",
+        "yes",
+        "no",
+        " ",
+        "\n",
+        "<",
+        ">",
+        "/",
+    ]
+)
 TEXT = st.one_of(st.text(), st.lists(st.one_of(FRAGMENTS, st.text(max_size=5)), max_size=30).map("".join))
 REFLECTION = st.one_of(st.none(), TEXT)
 RULES = st.builds(
@@ -107,8 +130,11 @@ def test_reflection_prompts_never_raise(response, rules):
 
 def test_totals_reach_exactly_their_maximum_and_never_exceed_it():
     for total, maximum in ((release_total, 1.1), (paper_total, 1.0), (grpo_total, 1.0)):
-        values = [total(a, f, c, s) for a, f in itertools.product((0.0, 1.0), repeat=2)
-                  for c, s in itertools.product(REWARD_VALUES, repeat=2)]  # fmt: skip
+        values = [
+            total(a, f, c, s)
+            for a, f in itertools.product((0.0, 1.0), repeat=2)
+            for c, s in itertools.product(REWARD_VALUES, repeat=2)
+        ]
         assert max(values) == maximum
         assert min(values) == 0.0
 
