@@ -57,12 +57,12 @@ def _loop(cfg: RunConfig, iterations: int) -> list[dict]:
     from cluster.rundir import run_dir
     from cluster.session import TrainingCluster
     from cluster.sources import load_samples
-    from cluster.train import RunState, train_loop
+    from cluster.train import RunOutput, RunState, train_loop
 
     run = run_dir(cfg)
-    state = RunState.fresh(cfg, load_samples(cfg.data.train, cfg.data).samples)
+    state = RunState.start(cfg, load_samples(cfg.data.train, cfg.data).samples)
     with TrainingCluster(cfg, resolve_model(cfg.model.path)) as tc:
-        history = train_loop(cfg, tc, state, run, MetricsLog(run, False), lambda *_: None)
+        history = train_loop(cfg, tc, state, RunOutput(run, MetricsLog(run, False)))
     return history[1:]
 
 

@@ -162,3 +162,31 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def find_resume_point(run: Path, cfg: RunConfig, resume: bool) -> tuple[Path | None, dict]:
+    """The checkpoint to continue from and its trainer state; refuses what would silently go wrong:
+    --resume without a checkpoint, a new run over one that has checkpoints, a changed fixed field."""
+    checkpoint = latest_checkpoint(run)
+    if resume and checkpoint is None:
+        raise ConfigError(
+            f"--resume: run {run.name!r} has no complete checkpoint in {run / 'checkpoints'}; "
+            "drop --resume to start it anew"
+        )
+    if not resume and checkpoint is not None:
+        raise ConfigError(
+            f"run {run.name!r} already has checkpoints (latest {checkpoint.name}); pass --resume to continue it, "
+            "or choose another cluster.run_name"
+        )
+    if checkpoint is None:
+        return None, {}
+    for change in check_resumable_config(run, cfg):
+        print(f"resuming with a changed setting: {change}")
+    return checkpoint, read_state(checkpoint)
+
+
+def save_point(run: Path, point: dict[str, Any], save_weights: Callable[[Path], None]) -> Path:
+    """A checkpoint of the trainer state `point` (RunState.resumable) under its iteration's name."""
+    path = checkpoint_path(run, point["next_iteration"])
+    save_checkpoint(path, point, save_weights)
+    return path

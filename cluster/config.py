@@ -170,6 +170,30 @@ def _check_source(source: str) -> None:
         raise ValueError(f"data path {source!r} does not exist; point it at a manifest or folder")
 
 
+class WandbConfig(BaseModel):
+    """Weights & Biases, beside metrics.jsonl and TensorBoard (needs the `wandb` package: the [wandb] extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="also log every iteration's metrics to wandb")
+    project: str = Field("emo-r3", description="wandb project")
+    entity: str | None = Field(None, description="wandb entity (team or user); None: the account's default")
+    mode: Literal["online", "offline"] = Field(
+        "online",
+        description="offline: write the wandb run under <run>/wandb only (wandb sync uploads it later)",
+    )
+
+    @model_validator(mode="after")
+    def _installed(self) -> WandbConfig:
+        import importlib.util
+
+        if self.enabled and importlib.util.find_spec("wandb") is None:
+            raise ValueError(
+                "wandb is not installed: pip install 'emo-r3[wandb]', or set cluster.wandb.enabled=false"
+            )
+        return self
+
+
 class ClusterConfig(BaseModel):
     """The job: where it runs, how long, what it writes, how long it waits."""
 
@@ -215,6 +239,7 @@ class ClusterConfig(BaseModel):
         description="how weights reach engines (object_store: Ray's object store, CPU and GPU)",
     )
     tensorboard: bool = Field(True, description="write TensorBoard logs beside metrics.jsonl")
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
     worker_logs: bool = Field(
         False,
         description="forward the workers' stdout/stderr to the driver (local Ray; always kept in Ray's log dir)",

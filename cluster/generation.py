@@ -24,7 +24,7 @@ from cluster.placement import DeadlineExceeded
 from cluster.pools import RewardPool, RolloutPool
 from cluster.stops import NEVER, StopSignal
 from learner.batch import split
-from rewards.scoring import RolloutScore, ScoreItem
+from rewards.scoring import RolloutScore, ScoreItem, ScoringResult
 
 
 @dataclass
@@ -42,6 +42,8 @@ class IterationRollouts:
     reward_tail_s: float = 0.0  # wall time from the last generated group to the last score
     reward_failures: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)  # of the phase's extra rounds (resampling)
+    reflect_s: float = 0.0  # reward workers' seconds in their judge engines (summed over calls)
+    score_s: float = 0.0  # reward workers' seconds parsing and scoring (summed over calls)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ def resample_all_wrong(
             stop,
         )
         rollouts.reward_failures += again.reward_failures
+        rollouts.reflect_s += again.reflect_s
+        rollouts.score_s += again.score_s
         for sg in again.groups:
             if any(accuracies(sg)):
                 groups[sg.group.group_id] = _joined(groups[sg.group.group_id], sg)
@@ -194,13 +198,16 @@ def _item(sg: ScoredGroup) -> ScoreItem:
 
 def _attach(groups: list[ScoredGroup], ref: ray.ObjectRef, result: IterationRollouts) -> list[ScoredGroup]:
     try:
-        scores = ray.get(ref)
+        scored: ScoringResult = ray.get(ref)
     except Exception as err:  # the reward worker raised or died: unscorable, not zero
         result.reward_failures.append(repr(err)[:500])
-        scores = [
+        failed = [
             [RolloutScore(None, error="reward worker failed") for _ in sg.group.completions] for sg in groups
         ]
-    for sg, group_scores in zip(groups, scores, strict=True):
+        scored = ScoringResult(failed)
+    result.reflect_s += scored.reflect_s
+    result.score_s += scored.score_s
+    for sg, group_scores in zip(groups, scored.scores, strict=True):
         sg.scores = group_scores
     return groups
 

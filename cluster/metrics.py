@@ -1,6 +1,7 @@
 """Per-iteration metrics (names in the style of veRL/TRL) and where they are written.
 
-Always `metrics.jsonl` in the run directory (one JSON object per iteration); TensorBoard on top.
+Always `metrics.jsonl` in the run directory (one JSON object per iteration); TensorBoard and wandb
+(cluster.wandb) on top.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from rewards.rules import COMPONENTS
 
 if TYPE_CHECKING:  # ray-free at import: `emo-r3 compare` reads metrics without starting anything
+    from cluster.config import WandbConfig
     from cluster.generation import IterationRollouts
 
 METRICS_FILE = "metrics.jsonl"
@@ -60,20 +62,25 @@ def rollout_metrics(rollouts: IterationRollouts) -> dict[str, float]:
 
 
 class MetricsLog:
-    """metrics.jsonl (always) + TensorBoard (optional); appends, so a resumed run keeps its history.
+    """Where every iteration's metrics go: metrics.jsonl (always), TensorBoard and wandb (optional).
 
-    `start`: the first iteration this attempt logs. TensorBoard is told to drop what an earlier
-    attempt logged from there on (a session start at `purge_step`), as set_aside_from does for the
-    JSON lines, so a redone iteration shows once.
+    It appends, so a resumed run keeps one history. `start`: the first iteration this attempt logs.
+    TensorBoard is told to drop what an earlier attempt logged from there on (a session start at
+    `purge_step`), as set_aside_from does for the JSON lines, so a redone iteration shows once. wandb
+    resumes the run of the same folder name and plots against an `iteration` axis, so a redone
+    iteration's points are drawn again at the same x.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool, start: int = 0):
+    def __init__(self, run_dir: Path, tensorboard: bool, start: int = 0, wandb: WandbConfig | None = None):
         self.path = run_dir / METRICS_FILE
         self.writer = None
+        self.wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start)
+        if wandb is not None and wandb.enabled:
+            self.wandb = _wandb_run(wandb, run_dir)
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
         record = {"iteration": iteration, **metrics}
@@ -83,10 +90,34 @@ class MetricsLog:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, iteration)
             self.writer.flush()
+        if self.wandb is not None:
+            self.wandb.log(record)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_run(cfg: WandbConfig, run_dir: Path):
+    """The wandb run of this run folder: its id is the folder's name, so a resumed attempt continues it."""
+    import re
+
+    import wandb
+
+    run = wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        mode=cfg.mode,
+        dir=str(run_dir),
+        name=run_dir.name,
+        id=re.sub(r"[^A-Za-z0-9_-]+", "-", run_dir.name),
+        resume="allow",
+    )
+    run.define_metric("iteration")
+    run.define_metric("*", step_metric="iteration")
+    return run
 
 
 def replaced_path(path: Path) -> Path:

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from cluster.config import SYNTHETIC_PREFIX, DataConfig, SyntheticConfig
+from cluster.config import SYNTHETIC_PREFIX, ConfigError, DataConfig, RunConfig, SyntheticConfig
 from cluster.data.sample import LoadResult
 from cluster.paths import cache_dir
 from cluster.settings import columns, image_policy
@@ -61,3 +61,38 @@ def load_samples(source: str, cfg: DataConfig, *, workers: int | None = None) ->
     checked.errors[:0] = loaded.errors
     checked.hints[:0] = loaded.hints
     return checked
+
+
+DATA_REPORT = "data_report.json"
+
+
+def load_training_set(cfg: RunConfig) -> LoadResult:
+    """The training samples, or a ConfigError saying why there are none to train on."""
+    try:
+        loaded = load_samples(cfg.data.train, cfg.data)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"data.train={cfg.data.train!r} cannot be loaded: {err}") from None
+    if not loaded.samples:
+        skipped = (
+            ", ".join(f"{n} {reason}" for reason, n in loaded.skipped.most_common()) or "it holds no rows"
+        )
+        hint = "".join(f"; {h}" for h in loaded.hints)
+        raise ConfigError(f"data.train={cfg.data.train!r} has no usable sample ({skipped}){hint}")
+    return loaded
+
+
+def write_data_report(run: Path, source: str, loaded: LoadResult) -> None:
+    """Print one line on what training uses and skips; keep the counts and the first locations."""
+    skipped = sum(loaded.skipped.values())
+    reasons = ", ".join(f"{reason} {n}" for reason, n in loaded.skipped.most_common())
+    print(
+        f"data: {len(loaded.samples)} training samples from {source}"
+        + (f"; skipped {skipped}: {reasons}" if skipped else "")
+    )
+    report = {
+        "source": source,
+        "usable": len(loaded.samples),
+        "skipped": dict(loaded.skipped),
+        "first_skipped": [list(e) for e in loaded.errors[:50]],
+    }
+    (run / DATA_REPORT).write_text(json.dumps(report, indent=1) + "\n")

@@ -9,6 +9,7 @@ score, and the learner excludes it from its group's baseline.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -53,6 +54,30 @@ class RolloutScore:
     @property
     def scorable(self) -> bool:
         return self.rewards is not None
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """A reward worker's answer to one scoring call: the scores per item, and where its time went."""
+
+    scores: list[list[RolloutScore]]
+    reflect_s: float = 0.0  # the judge generating reflections
+    score_s: float = 0.0  # everything else: parsing, prompts, rules
+
+
+class TimedJudge:
+    """A judge that adds up the seconds its `reflect` calls take."""
+
+    def __init__(self, judge: Judge):
+        self.judge = judge
+        self.seconds = 0.0
+
+    def reflect(self, requests: Sequence[ReflectionRequest]) -> list[str]:
+        start = time.perf_counter()
+        try:
+            return self.judge.reflect(requests)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 def score_items(

@@ -19,7 +19,7 @@ from actors.types import ImageRef
 from rewards.config import RewardConfig
 from rewards.judge import EngineJudge
 from rewards.rules import RewardRules
-from rewards.scoring import RolloutScore, ScoreItem, score_items
+from rewards.scoring import ScoreItem, ScoringResult, TimedJudge, score_items
 
 
 class ScoringExpired(TimeoutError):
@@ -51,7 +51,7 @@ class RewardWorker:
 
     def score(
         self, items: Sequence[ScoreItem], expected_version: int | None = None, deadline: float | None = None
-    ) -> list[list[RolloutScore]]:
+    ) -> ScoringResult:
         """Score groups; in policy mode the judge must hold the version that produced them.
 
         `deadline` (wall-clock `time.time()`): the caller stops waiting then and cancels the call; a
@@ -64,7 +64,11 @@ class RewardWorker:
             raise RuntimeError(
                 f"judge holds policy version {judge_version} but the rollouts are version {expected_version}"
             )
-        return score_items(items, self.judge, self.rules)
+        start = time.perf_counter()
+        judge = TimedJudge(self.judge) if self.judge is not None else None
+        scores = score_items(items, judge, self.rules)
+        reflect_s = judge.seconds if judge is not None else 0.0
+        return ScoringResult(scores, reflect_s, time.perf_counter() - start - reflect_s)
 
     def load_weights(self, version: int, buckets: list[dict[str, torch.Tensor]]) -> None:
         if self.judge is not None and self.follows_policy:

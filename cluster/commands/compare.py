@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cluster.commands.pipeline import datasets, eval_records
 from cluster.config import RunConfig, load_config
 from cluster.metrics import read_metrics
+from cluster.progress import datasets, eval_records
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from cluster.config import RunConfig
 from cluster.metrics import read_metrics
+from cluster.progress import datasets, eval_records
 from cluster.rundir import run_path
-from rewards.rules import COMPONENTS
 
 RATES = ("accuracy", "format_rate", "parse_failure_rate")
 
@@ -41,23 +41,8 @@ def run_pipeline(cfg: RunConfig) -> int:
     status = run_train(rl, resume=latest_checkpoint(run) is not None)
     if status:
         return status
-    records = read_metrics(run)
-    print(before_after_table(records))
-    plot_learning_curve(records, run / "learning_curve.png")
-    print(f"learning curve: {run / 'learning_curve.png'}")
+    print(before_after_table(read_metrics(run)))
     return 0
-
-
-def eval_records(records: list[dict]) -> list[dict]:
-    return [r for r in records if "eval/policy_version" in r]
-
-
-def datasets(record: dict) -> list[str]:
-    return [
-        k.removeprefix("eval/").removesuffix("/accuracy")
-        for k in record
-        if k.endswith("/accuracy") and k.startswith("eval/")
-    ]
 
 
 def before_after_table(records: list[dict]) -> str:
@@ -82,32 +67,3 @@ def before_after_table(records: list[dict]) -> str:
         f"\nin-domain accuracy change over RL: {delta:+.1f} points (v{v0}: after cold-start SFT; v{v1}: after RL)"
     )
     return "\n".join(lines)
-
-
-def plot_learning_curve(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in records if "reward/score/mean" in r]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=False)
-    for name in COMPONENTS:
-        top.plot(
-            [r["iteration"] for r in train], [r[f"reward/{name}/mean"] for r in train], marker=".", label=name
-        )
-    top.set(title="rollout rewards per iteration", xlabel="iteration", ylabel="mean")
-    top.legend(fontsize=8)
-    evals = eval_records(records)
-    for name in datasets(evals[0]) if evals else []:
-        bottom.plot(
-            [r["eval/policy_version"] for r in evals],
-            [100 * r[f"eval/{name}/accuracy"] for r in evals],
-            marker="o",
-            label=f"{name} accuracy",
-        )
-    bottom.set(title="held-out accuracy per policy version", xlabel="policy version", ylabel="%")
-    bottom.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -18,7 +18,7 @@ from cluster.placement import DeadlineExceeded
 from cluster.pools import RewardPool, RolloutPool
 from cluster.stops import Stopped, StopSignal
 from rewards.rules import RewardRules
-from rewards.scoring import ScoreItem, score_items
+from rewards.scoring import ScoreItem, ScoringResult, score_items
 from rewards.worker import refuse_if_expired
 
 LABELS = ("fear", "joy")
@@ -55,7 +55,7 @@ class FakeReward:
             raise RuntimeError("judge engine died")
         if self.mode == "hang":
             time.sleep(self.hang_s)
-        return score_items(items, None, RewardRules())
+        return ScoringResult(score_items(items, None, RewardRules()))
 
     def scored(self):
         return self.items
@@ -140,7 +140,7 @@ def test_a_reward_worker_refuses_a_call_that_starts_after_its_deadline():
 
     worker = RewardWorker(RewardConfig(reflection=False), RewardRules(), None, lambda ref: ref)
     item = ScoreItem(FakeRollout().generate([PromptRequest(0, "q", None)])[0], "fear", LABELS, None)
-    assert worker.score([item], None, deadline=time.time() + 60)[0][0].rewards.accuracy == 1.0
+    assert worker.score([item], None, deadline=time.time() + 60).scores[0][0].rewards.accuracy == 1.0
     with pytest.raises(ScoringExpired):
         worker.score([item], None, deadline=time.time() - 1)
 

@@ -57,3 +57,33 @@ def test_tensorboard_shows_a_redone_iteration_once(tmp_path):
         resumed.log(iteration, {"reward/score/mean": 10.0 + iteration})
     resumed.close()
     assert tensorboard_points(tmp_path / "tensorboard") == [(0, 0.0), (1, 1.0), (2, 12.0), (3, 13.0)]
+
+
+def test_wandb_offline_receives_every_record_beside_metrics_jsonl(tmp_path, monkeypatch):
+    from cluster.config import WandbConfig
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "exp1"
+    run.mkdir()
+    log = MetricsLog(run, tensorboard=False, wandb=WandbConfig(enabled=True, mode="offline", project="t"))
+    log.log(0, {"reward/score/mean": 0.5})
+    log.log(1, {"reward/score/mean": 0.75})
+    log.close()
+    assert _iterations(run / "metrics.jsonl") == [0, 1]
+    (offline,) = (run / "wandb").glob("offline-run-*-exp1")
+    assert list(offline.glob("*.wandb")) and (offline / "files").is_dir()
+
+
+def test_wandb_enabled_without_the_package_is_a_config_error(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from cluster.config import ConfigError, load_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match="wandb is not installed"):
+        load_config(None, ["cluster.wandb.enabled=true"])

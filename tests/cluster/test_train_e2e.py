@@ -21,7 +21,7 @@ from cluster.settings import engine_settings, image_policy, prompt_request
 from cluster.sources import load_samples
 from cluster.stops import NEVER, RunFailed
 from cluster.stream import PromptStream
-from cluster.train import RunState, _train_or_save, latest_checkpoint, next_batch, train_loop
+from cluster.train import RunOutput, RunState, latest_checkpoint, next_batch, train_loop, train_or_save
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +62,8 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
     metrics_log = MetricsLog(run, tensorboard=True)
     with TrainingCluster(cfg, model_path) as tc:
         before = _greedy(tc.rollout.actors[0], probe)
-        state = RunState.fresh(cfg, samples)
-        history = train_loop(cfg, tc, state, run, metrics_log, lambda *_: None)
+        state = RunState.start(cfg, samples)
+        history = train_loop(cfg, tc, state, RunOutput(run, metrics_log))
         assert tc.rollout.versions(60) == [2, 2]
         assert tc.reward.versions(60) == [2]  # the policy-mode judge follows the policy
         after = [_greedy(actor, probe) for actor in tc.rollout.actors]
@@ -82,6 +82,8 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
         for name in ("accuracy", "format", "coherence", "consistency", "score"):
             assert f"reward/{name}/mean" in metrics
         assert metrics["rollout/unscorable_rate"] == 0.0
+        # reflection and scoring are timed apart, in the reward workers
+        assert metrics["timing_s/reflect"] > 0 and metrics["timing_s/score"] > 0
         assert "reflection/consistency_yes_rate" in metrics
     assert [
         json.loads(line)["policy_version"] for line in (run / "metrics.jsonl").read_text().splitlines()
@@ -116,12 +118,14 @@ def _lose_workers_mid_run(cfg, tc, state, run, metrics_log):
         ray.kill(tc.reward.actors[0])
 
     with pytest.raises(RunFailed, match=r"iteration 3: 100% of 16 rollouts unscorable"), tc.failures_named():
-        _train_or_save(more, tc, state, run, metrics_log, kill_the_reward_worker_after_an_iteration, NEVER)
+        train_or_save(
+            more, tc, state, RunOutput(run, metrics_log, kill_the_reward_worker_after_an_iteration), NEVER
+        )
     assert trained == [2]  # iteration 3 was not trained on the KL term alone
     assert latest_checkpoint(run).name == "iter_000003"  # saved on the way out: nothing finished is lost
     ray.kill(tc.rollout.actors[1])
     with pytest.raises(RunFailed, match="rollout worker 1 died"), tc.failures_named():
-        _train_or_save(more, tc, state, run, metrics_log, lambda *_: None, NEVER)
+        train_or_save(more, tc, state, RunOutput(run, metrics_log), NEVER)
 
 
 def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local, tmp_path, capsys):
@@ -164,6 +168,7 @@ def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local,
     assert [json.loads(line)["policy_version"] for line in replaced] == [99]
     assert latest_checkpoint(run).name == "iter_000002"
     assert [m["replay/prompts"] for m in metrics] == [0, 2]
+    assert (run / "learning_curve.png").stat().st_size > 0  # `train` draws it, not only `pipeline`
     # The resumed iteration trained on exactly the batch an uninterrupted run takes second: the
     # stream's next two prompts and the replay buffer's draw of two.
     replay = ReplayBuffer(samples, 0.5, cfg.cluster.seed, planted)
