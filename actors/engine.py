@@ -8,7 +8,6 @@ Every weight update resets every cache that depends on weights (prefix, multimod
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -63,12 +62,7 @@ class _DropThreadWarning(logging.Filter):
         return "torch.set_num_threads" not in record.getMessage()
 
 
-def configure_cpu_environment() -> None:
-    """Env vars vLLM's CPU build needs to run in-process (set before vllm is imported)."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+def quiet_cpu_worker_logs() -> None:
     logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_DropThreadWarning())
 
 
@@ -79,7 +73,7 @@ class Engine:
         """`version`: the policy version the weights at `settings.model_path` are (a resumed run's checkpoint)."""
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
-            configure_cpu_environment()
+            quiet_cpu_worker_logs()
         from vllm import LLM
 
         memory = (

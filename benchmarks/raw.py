@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 import time
 
-from actors.engine import configure_cpu_environment
 from cluster.config import RunConfig
 from cluster.data.images import load_image
 from cluster.settings import image_policy
@@ -14,7 +13,9 @@ from rewards.prompts import build_user_text
 
 def raw_tokens_per_s(cfg: RunConfig, model_path: str, samples: list, repeats: int) -> float:
     """Median completion tokens/s of an in-process vllm.LLM with the rollout settings."""
-    configure_cpu_environment()
+    from cluster.launch import use_service_env
+
+    use_service_env(cfg.cluster.num_cpus, on_gpu=False)
     from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
 

@@ -22,11 +22,15 @@ LOOPBACK_NAMES = {"localhost", LOOPBACK, "::1", "auto", ""}
 LOCAL_RAY_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def worker_env(cfg: RunConfig, on_gpu: bool) -> dict[str, str]:
-    """Environment of every Ray worker process (STACK.md §4, §6, §7)."""
+def service_env(num_cpus: float, on_gpu: bool, local: bool = True) -> dict[str, str]:
+    """Every environment variable the service sets for its engines, learner ranks and Ray (docs/STACK.md
+    §4, §6, §7). The only other place that sets any is the learner rank, for the values only it knows:
+    its rank and rendezvous, and what follows from them (learner.rank.set_distributed_env). `local`:
+    every process on this machine, so gloo (vLLM's CPU engines, the learner) stays on loopback."""
     env = {
         "TOKENIZERS_PARALLELISM": "false",
         "TORCH_EXTENSIONS_DIR": os.fspath(torch_extensions_dir()),
+        "RAY_USAGE_STATS_ENABLED": "0",
         # engines and ranks log errors only; their progress bars and known-harmless warnings are noise
         "VLLM_LOGGING_LEVEL": "ERROR",
         "TRANSFORMERS_VERBOSITY": "error",
@@ -34,16 +38,27 @@ def worker_env(cfg: RunConfig, on_gpu: bool) -> dict[str, str]:
         "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning,ignore::DeprecationWarning",
     }
     if not on_gpu:
-        threads = str(max(1, int(cfg.cluster.num_cpus)))
         env |= {
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine in the actor's process (STACK.md §4)
             "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-            "OMP_NUM_THREADS": threads,
-            "DS_ACCELERATOR": "cpu",
-            "GLOO_SOCKET_IFNAME": "lo",
+            "OMP_NUM_THREADS": str(max(1, int(num_cpus))),
             LOCAL_RAY_FLAG: "0",
         }
+        if local:
+            env["GLOO_SOCKET_IFNAME"] = "lo"
     return env
+
+
+def worker_env(cfg: RunConfig, on_gpu: bool) -> dict[str, str]:
+    """The environment of every Ray worker process of a run."""
+    return service_env(cfg.cluster.num_cpus, on_gpu, local=ray_address(cfg) is None)
+
+
+def use_service_env(num_cpus: float, on_gpu: bool) -> None:
+    """The service's environment in this process, for an engine or a rank built here (the sample and
+    eval commands, the benchmarks' baselines, the tests); what the user set already wins."""
+    for key, value in service_env(num_cpus, on_gpu).items():
+        os.environ.setdefault(key, value)
 
 
 def ray_address(cfg: RunConfig) -> str | None:

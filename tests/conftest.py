@@ -12,11 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from cluster.launch import use_service_env  # noqa: E402
+
+use_service_env(num_cpus=2, on_gpu=False)  # the engines and ranks the tests build in this process
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed imported here, outside a learner rank
 
 
 @pytest.fixture(scope="session")

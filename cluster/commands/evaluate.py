@@ -115,8 +115,10 @@ def _engine(cfg: RunConfig, model_path: str, max_new_tokens: int, seed: int):
     from functools import partial
 
     from actors.engine import Engine
+    from cluster.launch import use_service_env
     from cluster.settings import engine_settings, image_policy
 
+    use_service_env(cfg.cluster.num_cpus, on_gpu=cfg.rollout.num_gpus_per_worker > 0)
     settings = engine_settings(cfg, model_path)
     max_model_len = max(settings.max_model_len, PROMPT_TOKEN_ROOM + max_new_tokens)
     settings = replace(settings, max_model_len=max_model_len, seed=seed)

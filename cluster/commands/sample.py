@@ -18,6 +18,7 @@ from actors.engine import Engine
 from actors.types import Group
 from cluster.config import RunConfig
 from cluster.data.sample import Sample
+from cluster.launch import use_service_env
 from cluster.models import resolve_model
 from cluster.rundir import run_dir
 from cluster.settings import (
@@ -53,6 +54,7 @@ def run_sample(cfg: RunConfig) -> int:
     rng = random.Random(cfg.cluster.seed)
     batch = rng.sample(loaded.samples, min(cfg.cluster.prompts_per_iteration, len(loaded.samples)))
     with _timed(times, "engine start"):
+        use_service_env(cfg.cluster.num_cpus, on_gpu=cfg.rollout.num_gpus_per_worker > 0)
         engine = Engine(engine_settings(cfg, model_path), image_loader(cfg.data))
     requests = [
         prompt_request(s, i, cfg.data.prompt_style, group_seed(cfg.cluster.seed, 0, s.sample_id))

@@ -227,7 +227,7 @@ def learner_ranks(
     import ray
 
     from cluster.launch import start_ray, worker_env
-    from cluster.pools import learner_rank_args
+    from cluster.settings import learner_rank_specs
     from learner.rank import LearnerRank
 
     on_gpu = learner_cfg.num_gpus_per_rank > 0
@@ -239,8 +239,8 @@ def learner_ranks(
     ranks: list[Any] = []
     try:
         meet = placement.rendezvous("learner", cfg.cluster.startup_timeout_s)
-        args = learner_rank_args(model_path, learner_cfg, micro_batches, loader, meet)
-        ranks = placement.spawn("learner", LearnerRank, args)
+        specs = learner_rank_specs(model_path, learner_cfg, micro_batches, loader, meet)
+        ranks = placement.spawn("learner", LearnerRank, [(spec,) for spec in specs])
         wait_all([rank.ping.remote() for rank in ranks], cfg.cluster.startup_timeout_s, "learner startup")
         yield ranks
     finally:
