@@ -18,10 +18,6 @@ import torch
 from actors.config import RolloutConfig
 from actors.types import IMAGE_PAD, Completion, Group, ImageRef, PromptRequest, SamplingSettings
 
-# Tokens the policy must never generate: an image placeholder in a completion would make the
-# learner's forward fail ("image features and image tokens do not match", LESSONS.md).
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -76,8 +72,14 @@ class Engine:
             quiet_cpu_worker_logs()
         from vllm import LLM
 
+        from actors.vision_ban import BAN_VISION_TOKENS
+
         memory = (
-            {"gpu_memory_utilization": settings.gpu_memory_utilization}
+            # tensor parallel: one worker process per GPU the actor owns (Ray gave it exactly those)
+            {
+                "gpu_memory_utilization": settings.gpu_memory_utilization,
+                "distributed_executor_backend": "mp" if settings.tensor_parallel_size > 1 else "uni",
+            }
             if on_gpu
             else {
                 "kv_cache_memory_bytes": settings.kv_cache_mib * 2**20,
@@ -97,20 +99,13 @@ class Engine:
             tensor_parallel_size=settings.tensor_parallel_size,
             limit_mm_per_prompt={"image": 1, "video": 0},
             seed=settings.seed,
+            logits_processors=[BAN_VISION_TOKENS],  # the policy never samples a vision placeholder
             **memory,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.image_loader = image_loader
         self.version = version
-        self._allowed_ids = self._allowed_token_ids()
         self._image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-
-    def _allowed_token_ids(self) -> list[int]:
-        """Every id the tokenizer knows but the vision placeholders; the ids padding the embedding
-        matrix past the tokenizer decode to nothing, so they are never sampled either."""
-        banned = {self.tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
-        vocab = min(len(self.tokenizer), self.llm.llm_engine.model_config.get_vocab_size())
-        return [i for i in range(vocab) if i not in banned]
 
     def render(self, user_text: str, with_image: bool) -> str:
         """The chat-templated prompt text; the only place prompts are built."""
@@ -145,7 +140,6 @@ class Engine:
             logprobs=0 if sampling.logprobs else None,
             seed=seed,
             stop=sampling.stop or None,
-            allowed_token_ids=self._allowed_ids,
         )
 
     def _group(self, request: PromptRequest, output: Any, generate_s: float) -> Group:

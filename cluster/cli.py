@@ -145,6 +145,15 @@ def cmd_bench_cues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ban(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.ban import run
+
+    run(args.prompts, args.group, args.tokens, args.repeats, Path(args.out) if args.out else None)
+    return 0
+
+
 def _add_config_commands(sub) -> None:
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config")
@@ -293,6 +302,15 @@ def _add_bench_commands(sub) -> None:
     cues.add_argument("--limit", type=int, default=128, help="test images per style (default 128)")
     cues.add_argument("--out", help="also write the numbers as JSON here")
     cues.set_defaults(func=cmd_bench_cues)
+    ban = bench.add_parser(
+        "ban", help="generation speed: vision tokens banned by an allow list vs the engine's logits processor"
+    )
+    ban.add_argument("--prompts", type=int, default=16)
+    ban.add_argument("--group", type=int, default=8, help="completions per prompt")
+    ban.add_argument("--tokens", type=int, default=64, help="tokens per completion")
+    ban.add_argument("--repeats", type=int, default=3, help="measured rounds (after one warm-up)")
+    ban.add_argument("--out", help="also write the numbers as JSON here")
+    ban.set_defaults(func=cmd_bench_ban)
     reasoning = bench.add_parser(
         "reasoning", help="runs' dumped rollouts or evaluations' responses against the synthetic scenes"
     )

@@ -287,29 +287,67 @@ class RunConfig(BaseModel):
 
 
 def cross_section_problems(cfg: RunConfig) -> list[str]:
-    """Rules spanning sections: batch splits and the local resource budget."""
-    problems = []
+    """Rules spanning sections: batch splits, the local resource budget, engines' GPUs, the judge."""
+    return [
+        *_batch_problems(cfg),
+        *_resource_problems(cfg),
+        *_engine_gpu_problems(cfg),
+        *_reward_problems(cfg),
+    ]
+
+
+def _batch_problems(cfg: RunConfig) -> list[str]:
     b, updates, ranks = (
         cfg.cluster.prompts_per_iteration,
         cfg.learner.updates_per_iteration,
         cfg.learner.num_ranks,
     )
     if b % updates:
-        problems.append(
+        return [
             f"cluster.prompts_per_iteration={b} does not split into learner.updates_per_iteration={updates} "
             "equal mini-batches; make it a multiple"
-        )
-    elif (b // updates * cfg.rollout.group_size) % ranks:
-        problems.append(
+        ]
+    if (b // updates * cfg.rollout.group_size) % ranks:
+        return [
             f"a mini-batch of {b // updates} prompts x {cfg.rollout.group_size} rollouts does not split over "
             f"learner.num_ranks={ranks}; change one of them"
-        )
+        ]
+    return []
+
+
+def _resource_problems(cfg: RunConfig) -> list[str]:
     remote = cfg.cluster.ray_address or os.environ.get("RAY_ADDRESS")
     if not remote and cfg.cpus_requested > cfg.cluster.num_cpus + 1e-9:
-        problems.append(
+        return [
             f"the workers request {cfg.cpus_requested:g} CPUs but the local Ray has cluster.num_cpus="
             f"{cfg.cluster.num_cpus:g}; lower *.num_workers / *.num_cpus_per_* or raise cluster.num_cpus"
-        )
+        ]
+    return []
+
+
+def _engine_gpu_problems(cfg: RunConfig) -> list[str]:
+    """An engine of tensor-parallel size T owns T whole GPUs (vLLM runs one worker per GPU in the actor);
+    with T = 1 it may share one (a fraction). Rollout and judge engines have the rollout section's T."""
+    tp = cfg.rollout.tensor_parallel_size
+    engines = [("rollout.num_gpus_per_worker", cfg.rollout.num_gpus_per_worker)]
+    if cfg.reward.reflection:
+        engines.append(("reward.num_gpus_per_worker", cfg.reward.num_gpus_per_worker))
+    problems = []
+    for field, gpus in engines:
+        if tp > 1 and gpus != tp:
+            problems.append(
+                f"{field}={gpus:g} but rollout.tensor_parallel_size={tp}: an engine of tensor-parallel size {tp} "
+                f"needs {tp} whole GPUs; set {field}={tp}"
+            )
+        elif tp == 1 and gpus > 1:
+            problems.append(
+                f"{field}={gpus:g} reserves GPUs an engine of tensor_parallel_size=1 does not use; set it to 1 (or a fraction)"
+            )
+    return problems
+
+
+def _reward_problems(cfg: RunConfig) -> list[str]:
+    problems = []
     judge = cfg.reward.judge
     if judge.mode == "frozen" and judge.model:
         try:

@@ -133,3 +133,40 @@ def test_the_configuration_doc_lists_every_config_field_as_generated():
     table = doc.split("## Every field", 1)[1]
     missing = [row.split("`")[1] for row in reference_markdown().splitlines()[2:] if row not in table]
     assert not missing, f"docs/configuration.md is stale for {missing}: paste `emo-r3 config reference`"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            [
+                "rollout.tensor_parallel_size=2",
+                "rollout.num_gpus_per_worker=1",
+                "reward.num_gpus_per_worker=2",
+            ],
+            "rollout.num_gpus_per_worker=1 but rollout.tensor_parallel_size=2",
+        ),
+        (
+            [
+                "rollout.tensor_parallel_size=2",
+                "rollout.num_gpus_per_worker=2",
+                "reward.num_gpus_per_worker=1",
+            ],
+            "reward.num_gpus_per_worker=1 but rollout.tensor_parallel_size=2",
+        ),
+        (["rollout.tensor_parallel_size=2"], "needs 2 whole GPUs"),  # a CPU engine runs one process
+        (["rollout.num_gpus_per_worker=2"], "does not use"),
+    ],
+)
+def test_an_engines_gpus_must_match_its_tensor_parallel_size(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["cluster.ray_address=127.0.0.1:6379", *overrides])
+
+
+def test_engines_with_their_tensor_parallel_gpus_or_a_shared_fraction_are_accepted():
+    tp = ["rollout.tensor_parallel_size=2", "rollout.num_gpus_per_worker=2", "reward.num_gpus_per_worker=2"]
+    load_config(None, ["cluster.ray_address=127.0.0.1:6379", *tp])
+    shared = ["rollout.num_gpus_per_worker=0.5", "reward.num_gpus_per_worker=0.25"]
+    load_config(None, ["cluster.ray_address=127.0.0.1:6379", *shared])
+    # without reflection the reward workers own no engine: their GPUs are not checked
+    load_config(None, ["cluster.ray_address=127.0.0.1:6379", *tp[:2], "reward.reflection=false"])
