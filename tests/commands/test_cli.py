@@ -130,3 +130,21 @@ def test_resume_of_a_run_without_checkpoints_is_refused(tmp_path):
     )
     assert "no complete checkpoint" in line and "drop --resume" in line
     assert not (tmp_path / "nothing-here").exists()
+
+
+def test_data_synth_takes_the_synthetic_sections_settings_as_overrides(tmp_path):
+    proc = emo_r3(
+        "data",
+        "synth",
+        str(tmp_path),
+        "data.synthetic.n_train=8",
+        "data.synthetic.n_test=9",
+        "data.synthetic.size=64",
+        "--style",
+        "emotion6",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 8
+    assert len((tmp_path / "test.jsonl").read_text().splitlines()) == 9
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["size"] == 64 and meta["ambiguity"] == 1.0  # the unset ones: the config's defaults
