@@ -1,8 +1,10 @@
 """The vLLM engine wrapper: one place that builds prompts, samples groups and reloads weights.
 
-On CPU the engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, executor "uni"), which is
-fast to start, deterministic and lets weights be reloaded from tensors in place (STACK.md §4-5).
-Every weight update resets every cache that depends on weights (prefix, multimodal, encoder).
+vLLM's engine core runs in a process of its own (`VLLM_ENABLE_V1_MULTIPROCESSING=1`), on CPU as on
+GPU: everything that reaches it is serialisable. Weights go in packed through the worker extension
+(actors.weight_sync); the vision placeholders are banned by a logits processor loaded by name
+(actors.vision_ban). Every weight update resets every cache that depends on weights (prefix,
+multimodal, encoder).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Engine:
         from vllm import LLM
 
         from actors.vision_ban import BAN_VISION_TOKENS
+        from actors.weight_sync import WEIGHT_SYNC_EXTENSION
 
         memory = (
             # tensor parallel: one worker process per GPU the actor owns (Ray gave it exactly those)
@@ -100,6 +103,7 @@ class Engine:
             limit_mm_per_prompt={"image": 1, "video": 0},
             seed=settings.seed,
             logits_processors=[BAN_VISION_TOKENS],  # the policy never samples a vision placeholder
+            worker_extension_cls=WEIGHT_SYNC_EXTENSION,  # load_packed: weights across the process boundary
             **memory,
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -151,11 +155,16 @@ class Engine:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Reload weights in place (HF checkpoint names) and move to `version`; resets caches."""
-        self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": iter(named_tensors), "is_checkpoint_format": True}
-        )
+        from actors.weight_sync import pack
+
+        self.llm.collective_rpc("load_packed", args=(pack(named_tensors),))
         self.reset_caches()
         self.version = version
+
+    def weight_checksums(self) -> dict[str, float]:
+        """Per parameter of the engine's model (vLLM's names), the sum of its values."""
+        (checksums,) = self.llm.collective_rpc("weight_checksums")
+        return checksums
 
     def reset_caches(self) -> None:
         """Forget everything computed with the previous weights (prefix KV, encoder outputs, mm inputs)."""

@@ -42,6 +42,9 @@ class RolloutWorker:
     def version(self) -> int:
         return self.engine.version
 
+    def weight_checksums(self) -> dict[str, float]:
+        return self.engine.weight_checksums()
+
     def get_version(self) -> int:
         return self.engine.version
 

@@ -39,7 +39,7 @@ def service_env(num_cpus: float, on_gpu: bool, local: bool = True) -> dict[str, 
     }
     if not on_gpu:
         env |= {
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine in the actor's process (STACK.md §4)
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "1",  # the engine core in its own process, as on GPU
             "VLLM_CPU_OMP_THREADS_BIND": "nobind",
             "OMP_NUM_THREADS": str(max(1, int(num_cpus))),
             LOCAL_RAY_FLAG: "0",

@@ -74,6 +74,10 @@ class RewardWorker:
         if self.judge is not None and self.follows_policy:
             self.judge.engine.load_weights((item for b in buckets for item in b.items()), version)
 
+    def weight_checksums(self) -> dict[str, float]:
+        """The judge engine's parameter checksums (a worker without reflection has none)."""
+        return self.judge.engine.weight_checksums() if self.judge else {}
+
     def get_version(self) -> int | None:
         return self.judge.engine.version if self.judge else None
 

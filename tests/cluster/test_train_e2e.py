@@ -67,6 +67,9 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
         assert tc.rollout.versions(60) == [2, 2]
         assert tc.reward.versions(60) == [2]  # the policy-mode judge follows the policy
         after = [_greedy(actor, probe) for actor in tc.rollout.actors]
+        pushed = ray.get(
+            [a.weight_checksums.remote() for a in tc.rollout.actors + tc.reward.actors], timeout=120
+        )
         _lose_workers_mid_run(cfg, tc, state, run, metrics_log)
 
     assert after[0] == after[1]  # both engines hold the same weights
@@ -102,6 +105,9 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
         .remote(engine_settings(cfg, str(checkpoint)), GREEDY, loader)
     )
     assert _greedy(fresh, probe) == after[0]
+    # every engine that follows the policy holds, tensor by tensor, exactly the learner's saved weights
+    saved = ray.get(fresh.weight_checksums.remote(), timeout=120)
+    assert all(engine == saved for engine in pushed) and len(saved) > 10
     ray.kill(fresh)
 
 
