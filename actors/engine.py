@@ -35,6 +35,7 @@ class EngineSettings:
     tensor_parallel_size: int
     enforce_eager: bool
     seed: int
+    weight_transfer: str | None = None  # the weight-transfer backend this engine receives through, if any
 
     @classmethod
     def from_rollout(cls, rollout: RolloutConfig, model_path: str, seed: int = 0) -> EngineSettings:
@@ -104,6 +105,9 @@ class Engine:
             seed=settings.seed,
             logits_processors=[BAN_VISION_TOKENS],  # the policy never samples a vision placeholder
             worker_extension_cls=WEIGHT_SYNC_EXTENSION,  # load_packed: weights across the process boundary
+            weight_transfer_config={"backend": settings.weight_transfer}
+            if settings.weight_transfer
+            else None,
             **memory,
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -160,6 +164,30 @@ class Engine:
         self.llm.collective_rpc("load_packed", args=(pack(named_tensors),))
         self.reset_caches()
         self.version = version
+
+    def join_weight_group(self, init_info: dict) -> None:
+        """Join the collective transport's group (actors.collective; blocks until every member joined)."""
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def receive_weights(self, version: int, update_info: dict) -> None:
+        """The learner's weights through the group, in place; move to `version` and reset the caches."""
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": update_info})
+        self.llm.finish_weight_update()
+        self.reset_caches()
+        self.version = version
+
+    def leave_weight_group(self) -> None:
+        self.llm.shutdown_weight_transfer_engine()
+
+    def receive_raw(self, bucket_bytes: list[int]) -> None:
+        """Bytes through the group, dropped: the floor of a push (WeightSyncExtension.receive_raw)."""
+        self.llm.collective_rpc("receive_raw", args=(bucket_bytes,))
+
+    def process_memory(self, reset_peak: bool = False) -> dict[str, float]:
+        """Resident and peak MiB of the engine's process (vLLM's engine core: where the model is)."""
+        (memory,) = self.llm.collective_rpc("process_memory", args=(reset_peak,))
+        return memory
 
     def weight_checksums(self) -> dict[str, float]:
         """Per parameter of the engine's model (vLLM's names), the sum of its values."""

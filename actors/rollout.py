@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from actors.engine import Engine, EngineSettings
+from actors.memory import process_memory_mib
 from actors.types import Group, ImageRef, PromptRequest, SamplingSettings
 
 
@@ -42,8 +43,27 @@ class RolloutWorker:
     def version(self) -> int:
         return self.engine.version
 
+    def join_weight_group(self, init_info: dict) -> None:
+        self.engine.join_weight_group(init_info)
+
+    def receive_weights(self, version: int, update_info: dict) -> float:
+        """The learner's weights through the collective transport; returns the seconds it took."""
+        start = time.perf_counter()
+        self.engine.receive_weights(version, update_info)
+        return time.perf_counter() - start
+
+    def leave_weight_group(self) -> None:
+        self.engine.leave_weight_group()
+
     def weight_checksums(self) -> dict[str, float]:
         return self.engine.weight_checksums()
+
+    def receive_raw(self, bucket_bytes: list[int]) -> None:
+        self.engine.receive_raw(bucket_bytes)
+
+    def process_memory(self, reset_peak: bool = False) -> dict[str, dict[str, float]]:
+        """Resident and peak MiB of this actor's process and of its engine's process."""
+        return {"actor": process_memory_mib(reset_peak), "engine": self.engine.process_memory(reset_peak)}
 
     def get_version(self) -> int:
         return self.engine.version

@@ -45,6 +45,17 @@ def tensor_checksums(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[
     return {name: float(t.detach().double().sum()) for name, t in named_tensors}
 
 
+def _register_collective_backend() -> None:
+    """vLLM imports this module in its engine process (the worker extension) before it loads the
+    model, which is when it builds a weight-transfer backend by name: register ours there."""
+    from actors.collective import register
+
+    register()
+
+
+_register_collective_backend()
+
+
 class WeightSyncExtension:
     """Mixed into vLLM's worker class in the engine process; methods are called with collective_rpc."""
 
@@ -56,3 +67,18 @@ class WeightSyncExtension:
     def weight_checksums(self: Any) -> dict[str, float]:
         """The engine's own parameters' checksums (vLLM's names; its layout may fuse checkpoint tensors)."""
         return tensor_checksums(self.model_runner.model.named_parameters())
+
+    def process_memory(self: Any, reset_peak: bool = False) -> dict[str, float]:
+        """The engine process's resident and peak MiB (actors.memory)."""
+        from actors.memory import process_memory_mib
+
+        return process_memory_mib(reset_peak)
+
+    def receive_raw(self: Any, bucket_bytes: list[int]) -> int:
+        """Receive buckets of these sizes from the collective transport's group and drop them: the
+        floor a push is measured against (`emo-r3 bench sync`). Returns the bytes received."""
+        group = self.weight_transfer_engine.group
+        for size in bucket_bytes:
+            bucket = torch.empty(size, dtype=torch.uint8, device=self.weight_transfer_engine.device)
+            torch.distributed.broadcast(bucket, group=group, group_src=0)
+        return sum(bucket_bytes)

@@ -128,7 +128,6 @@ def rollout_vs_raw(overrides: list[str], repeats: int = 3) -> dict[str, float]:
 def push_times(overrides: list[str], repeats: int = 3) -> dict[str, float]:
     """Median seconds of a weight push to 1, 2 and 4 engines."""
     from cluster.models import resolve_model
-    from cluster.pools import Receivers
     from cluster.session import TrainingCluster
     from cluster.transport import ObjectStoreTransport
 
@@ -148,7 +147,7 @@ def push_times(overrides: list[str], repeats: int = 3) -> dict[str, float]:
         version = 0
         for n in (1, 2, 4):
             transport = ObjectStoreTransport(
-                tc.learner, Receivers(tc.rollout.actors[:n]), cfg.cluster.sync_timeout_s
+                tc.learner, lambda n=n: tc.rollout.actors[:n], cfg.cluster.sync_timeout_s
             )
             times = []
             for _ in range(repeats):

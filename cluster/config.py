@@ -234,9 +234,16 @@ class ClusterConfig(BaseModel):
         description="stop the run (exit 1, resumable) when more than this share of an iteration's rollouts is "
         "unscorable (a dead reward worker, a failing judge): training on the KL term alone is not training",
     )
-    weight_transport: Literal["object_store"] = Field(
-        "object_store",
-        description="how weights reach engines (object_store: Ray's object store, CPU and GPU)",
+    weight_transport: Literal["collective", "object_store"] = Field(
+        "collective",
+        description="how weights reach the engines: collective (a torch.distributed group of learner rank 0 and "
+        "the engines' workers, gloo on CPU, NCCL on GPU: buckets broadcast one after another); object_store "
+        "(Ray's object store: every engine pulls a full copy)",
+    )
+    weight_bucket_mib: float = Field(
+        256,
+        gt=0,
+        description="bucket size of a weight push (MiB): the extra memory a push needs on either side",
     )
     tensorboard: bool = Field(True, description="write TensorBoard logs beside metrics.jsonl")
     wandb: WandbConfig = Field(default_factory=WandbConfig)

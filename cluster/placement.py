@@ -61,6 +61,7 @@ class Placement:
         """`env`: environment variables of every actor (merged into a submitted job's runtime env)."""
         self.roles = list(roles)
         self.env = env or {}
+        self.spawned = 0  # actors started in this placement: each gets a name of its own
         bundles = [self._bundle(r) for r in self.roles for _ in range(r.count)]
         self.group: PlacementGroup = placement_group(bundles, strategy="PACK")
         ready, _ = ray.wait([self.group.ready()], timeout=timeout_s)
@@ -81,23 +82,37 @@ class Placement:
 
     def spawn(self, role_name: str, cls: type, args_per_actor: Sequence[tuple]) -> list[Any]:
         """Start `cls` as Ray actors in the bundles of `role_name`, one per args tuple."""
-        offset, role = self._offset(role_name)
+        _, role = self._offset(role_name)
         assert len(args_per_actor) == role.count, (role_name, len(args_per_actor), role.count)
-        remote_cls = ray.remote(cls)
-        return [
-            remote_cls.options(
+        return [self.spawn_in(role_name, i, cls, args) for i, args in enumerate(args_per_actor)]
+
+    def spawn_in(self, role_name: str, index: int, cls: type, args: tuple) -> Any:
+        """Start `cls` as a Ray actor in bundle `index` of `role_name` (free: its previous actor is gone)."""
+        offset, role = self._offset(role_name)
+        self.spawned += 1
+        return (
+            ray.remote(cls)
+            .options(
                 num_cpus=role.num_cpus,
                 num_gpus=role.num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + i),
-                name=f"emo-r3-{role_name}-{i}-{id(self.group):x}",
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + index),
+                name=f"emo-r3-{role_name}-{index}-{id(self.group):x}-{self.spawned}",
                 runtime_env={"env_vars": self.env},
-            ).remote(*args)
-            for i, args in enumerate(args_per_actor)
-        ]
+            )
+            .remote(*args)
+        )
 
     def rendezvous(self, role_name: str, timeout_s: float) -> tuple[str, int]:
         """The torch.distributed master address and port of the actors of `role_name`: a probe task in
         each of their bundles finds its node (rendezvous_address); across nodes, rank 0's node IP."""
+        found = self._probe(role_name, timeout_s)
+        return rendezvous_address([ip for ip, _ in found], found[0][1])
+
+    def node_ips(self, role_name: str, timeout_s: float) -> list[str]:
+        """The node of each bundle of `role_name`, in order."""
+        return [ip for ip, _ in self._probe(role_name, timeout_s)]
+
+    def _probe(self, role_name: str, timeout_s: float) -> list[tuple[str, int]]:
         offset, role = self._offset(role_name)
         probes = [
             _node_ip_and_free_port.options(
@@ -105,8 +120,7 @@ class Placement:
             ).remote()
             for i in range(role.count)
         ]
-        found = wait_all(probes, timeout_s, f"{role_name} rendezvous")
-        return rendezvous_address([ip for ip, _ in found], found[0][1])
+        return wait_all(probes, timeout_s, f"{role_name} nodes")
 
     def _offset(self, role_name: str) -> tuple[int, Role]:
         """The first bundle index of `role_name`, and the role."""

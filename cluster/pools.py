@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -18,13 +17,6 @@ from actors.types import Group, PromptRequest, SamplingSettings
 from cluster.placement import wait_all
 from learner.batch import split
 from rewards.scoring import ScoreItem
-
-
-@dataclass(frozen=True)
-class Receivers:
-    """Everything that must load new policy weights: rollout engines and policy-following judges."""
-
-    actors: list[Any]
 
 
 class RolloutPool:
@@ -83,6 +75,15 @@ class LearnerGroup:
         """Every rank joins the gather (a collective under ZeRO-3); rank 0's buckets, the first ref,
         go to the object store once. The other refs only tell when the other ranks are done."""
         return [rank.weight_buckets.remote() for rank in self.ranks]
+
+    def send_weights(self) -> list[ray.ObjectRef]:
+        """Every rank joins the gather; rank 0 broadcasts to the weight group (cluster.transport)."""
+        return [rank.send_weights.remote() for rank in self.ranks]
+
+    def weight_metadata(self, bucket_mib: float, timeout_s: float) -> dict:
+        """The weight group's update metadata, from rank 0 (every rank joins the gather)."""
+        refs = [rank.weight_metadata.remote(bucket_mib) for rank in self.ranks]
+        return wait_all(refs, timeout_s, "weight metadata")[0]
 
     def save(self, out_dir: str, timeout_s: float, optimizer: bool = False) -> None:
         refs = [rank.save.remote(out_dir, optimizer) for rank in self.ranks]

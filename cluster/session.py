@@ -26,8 +26,8 @@ from cluster.data.sample import Sample
 from cluster.generation import IterationRollouts, Workers, generate_and_score, resample_all_wrong
 from cluster.launch import start_ray, worker_env
 from cluster.models import resolve_model
-from cluster.placement import DeadlineExceeded, Placement, Role, wait_all
-from cluster.pools import LearnerGroup, Receivers, RewardPool, RolloutPool
+from cluster.placement import DeadlineExceeded, Placement, Role, rendezvous_address, wait_all
+from cluster.pools import LearnerGroup, RewardPool, RolloutPool
 from cluster.settings import (
     group_seed,
     image_loader,
@@ -113,7 +113,14 @@ class TrainingCluster:
         )
         self._wait_ready()
         self.transport = make_transport(
-            cfg.cluster.weight_transport, self.learner, self.receivers, cfg.cluster.sync_timeout_s
+            cfg.cluster.weight_transport,
+            self.learner,
+            self.receivers,
+            cfg.cluster.sync_timeout_s,
+            cfg.cluster.weight_bucket_mib,
+            "nccl" if self.on_gpu else "gloo",
+            self.weight_group_address,
+            workers_per_engine=cfg.rollout.tensor_parallel_size,
         )
 
     def _spawn_learner(self, model_path: str, reference_path: str | None, loader, resume: bool) -> list:
@@ -125,7 +132,14 @@ class TrainingCluster:
         learner = cfg.learner.model_copy(update={"old_logprobs": cfg.behaviour_logprobs()})
         meet = self.placement.rendezvous("learner", cfg.cluster.startup_timeout_s)
         specs = learner_rank_specs(
-            model_path, learner, steps, loader, meet, reference_path=reference_path, restore_optimizer=resume
+            model_path,
+            learner,
+            steps,
+            loader,
+            meet,
+            reference_path=reference_path,
+            restore_optimizer=resume,
+            bucket_mib=cfg.cluster.weight_bucket_mib,
         )
         return self.placement.spawn("learner", LearnerRank, [(spec,) for spec in specs])
 
@@ -133,10 +147,17 @@ class TrainingCluster:
         actors = self.rollout.actors + self.reward.actors + self.learner.ranks
         wait_all([a.ping.remote() for a in actors], self.cfg.cluster.startup_timeout_s, "actor startup")
 
-    @property
-    def receivers(self) -> Receivers:
+    def receivers(self) -> list:
         """Every engine that loads new policy weights: rollout engines and policy-following judges."""
-        return Receivers(self.rollout.actors + (self.reward.actors if self.reward.follows_policy else []))
+        return self.rollout.actors + (self.reward.actors if self.reward.follows_policy else [])
+
+    def weight_group_address(self) -> str:
+        """Where learner rank 0 and the receivers meet: loopback when they share a node, else rank 0's node."""
+        timeout = self.cfg.cluster.startup_timeout_s
+        nodes = self.placement.node_ips("learner", timeout)[:1] + self.placement.node_ips("rollout", timeout)
+        if self.reward.follows_policy:
+            nodes += self.placement.node_ips("reward", timeout)
+        return rendezvous_address(nodes, 0)[0]
 
     # ---- the phases of an iteration -------------------------------------------------------------
 

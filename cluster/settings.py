@@ -10,6 +10,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from actors.collective import BACKEND as COLLECTIVE_BACKEND
 from actors.engine import EngineSettings
 from actors.types import PromptRequest, SamplingSettings, derive_seed
 from cluster.config import DataConfig, RunConfig
@@ -31,14 +32,22 @@ def engine_settings(cfg: RunConfig, model_path: str, seed: int | None = None) ->
 
 
 def rollout_engine_settings(cfg: RunConfig, model_path: str, worker: int) -> EngineSettings:
-    return engine_settings(cfg, model_path, seed=cfg.cluster.seed + ROLLOUT_SEED_STRIDE * worker)
+    settings = engine_settings(cfg, model_path, seed=cfg.cluster.seed + ROLLOUT_SEED_STRIDE * worker)
+    return replace(settings, weight_transfer=weight_transfer_backend(cfg))
+
+
+def weight_transfer_backend(cfg: RunConfig) -> str | None:
+    """The weight-transfer backend an engine that follows the policy receives through (None: the
+    object store: weights come in packed through the worker extension)."""
+    return COLLECTIVE_BACKEND if cfg.cluster.weight_transport == "collective" else None
 
 
 def judge_settings(cfg: RunConfig, judge_path: str) -> EngineSettings:
     """The judge engine: the rollout settings with the judge's own KV cache, holding `judge_path`
     (the policy's model in policy mode, reward.judge.model when frozen)."""
     base = engine_settings(cfg, judge_path, seed=cfg.cluster.seed + JUDGE_SEED_OFFSET)
-    return replace(base, kv_cache_mib=cfg.reward.judge.kv_cache_mib)
+    transfer = weight_transfer_backend(cfg) if cfg.reward.judge_follows_policy else None
+    return replace(base, kv_cache_mib=cfg.reward.judge.kv_cache_mib, weight_transfer=transfer)
 
 
 def rollout_sampling(cfg: RunConfig) -> SamplingSettings:
@@ -104,6 +113,7 @@ def learner_rank_specs(
     *,
     reference_path: str | None = None,
     restore_optimizer: bool = False,
+    bucket_mib: float = 256.0,
 ) -> list[RankSpec]:
     """One RankSpec per rank of `learner.num_ranks`, meeting at `rendezvous` (Placement.rendezvous);
     `reference_path` None: the policy's own `model_path`."""
@@ -120,6 +130,7 @@ def learner_rank_specs(
             image_loader=loader,
             reference_path=reference_path,
             restore_optimizer=restore_optimizer,
+            bucket_mib=bucket_mib,
         )
         for rank in range(learner.num_ranks)
     ]

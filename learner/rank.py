@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 
+from actors.memory import process_memory_mib
 from actors.types import ImageRef
 from learner.batch import MicroBatch, TrainRollout, collate, num_completion_tokens, split
 from learner.config import LearnerConfig
 from learner.grpo import MAX_REDUCED_METRICS
+from learner.transfer import WeightSender, checkpoint_tensors, no_gather, zero3_gather
 
 # How the driver combines the ranks' metrics (every other metric is a token mean over the global
 # count of its mini-batch: ranks' values sum to the mini-batch value).
@@ -99,6 +101,7 @@ class LearnerRank:
             reference_path=spec.reference_path,
         )
         self.bucket_bytes = int(spec.bucket_mib * 2**20)
+        self.sender = WeightSender(zero3_gather if spec.cfg.zero_stage == 3 else no_gather)
         self.optimizer_restore = (
             self.policy.load_optimizer(spec.model_path) if spec.restore_optimizer else None
         )
@@ -189,6 +192,41 @@ class LearnerRank:
         """
         state = self.weights()
         return None if state is None else buckets(state, self.bucket_bytes)
+
+    # ---- the collective weight transport (learner.transfer; rank 0 sends, every rank joins the gather)
+
+    def open_weight_group(self, address: str) -> int | None:
+        """Rank 0: bind the weight group's socket on `address`; its port (None on other ranks)."""
+        return self.sender.open(address) if self.rank == 0 else None
+
+    def join_weight_group(self, world_size: int, dist_backend: str, timeout_s: float) -> None:
+        """Rank 0: form the weight group with the engines (blocks until they all joined)."""
+        if self.rank == 0:
+            self.sender.join(world_size, dist_backend, timeout_s)
+
+    def weight_metadata(self, bucket_mib: float) -> dict | None:
+        """What every engine is told about an update (rank 0's; None elsewhere)."""
+        named = checkpoint_tensors(self.policy.engine.module)
+        metadata = self.sender.describe(named, int(bucket_mib * 2**20))
+        return metadata if self.rank == 0 else None
+
+    def send_weights(self) -> None:
+        """Rank 0 broadcasts the live parameters to the weight group, bucket by bucket; under ZeRO-3
+        every rank joins each bucket's gather (a collective)."""
+        self.sender.send(checkpoint_tensors(self.policy.engine.module), sends=self.rank == 0)
+
+    def send_raw(self, bucket_bytes: list[int]) -> None:
+        """Rank 0: uninitialised buckets of these sizes to the weight group (the floor of a push)."""
+        if self.rank == 0:
+            self.sender.broadcast_raw(bucket_bytes)
+
+    def process_memory(self, reset_peak: bool = False) -> dict[str, float]:
+        """This rank's resident and peak MiB (actors.memory)."""
+        return process_memory_mib(reset_peak)
+
+    def leave_weight_group(self) -> None:
+        if self.rank == 0:
+            self.sender.close()
 
     def save(self, out_dir: str | Path, optimizer: bool = False) -> None:
         """A checkpoint transformers and vLLM load (rank 0 writes). A collective. `optimizer`: every

@@ -74,6 +74,22 @@ class RewardWorker:
         if self.judge is not None and self.follows_policy:
             self.judge.engine.load_weights((item for b in buckets for item in b.items()), version)
 
+    def join_weight_group(self, init_info: dict) -> None:
+        self._policy_judge().join_weight_group(init_info)
+
+    def receive_weights(self, version: int, update_info: dict) -> None:
+        self._policy_judge().receive_weights(version, update_info)
+
+    def leave_weight_group(self) -> None:
+        self._policy_judge().leave_weight_group()
+
+    def _policy_judge(self) -> Engine:
+        if self.judge is None or not self.follows_policy:
+            raise RuntimeError(
+                "this reward worker's judge does not follow the policy: it receives no weights"
+            )
+        return self.judge.engine
+
     def weight_checksums(self) -> dict[str, float]:
         """The judge engine's parameter checksums (a worker without reflection has none)."""
         return self.judge.engine.weight_checksums() if self.judge else {}

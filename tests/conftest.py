@@ -1,4 +1,4 @@
-"""Shared fixtures. The real stack runs on CPU: vLLM's CPU build in-process, local Ray on loopback,
+"""Shared fixtures. The real stack runs on CPU: vLLM's CPU build (its multiprocess engine core, as on GPUs), local Ray on loopback,
 DeepSpeed on gloo, the tiny model built in code into the project cache."""
 
 from __future__ import annotations
