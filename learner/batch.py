@@ -147,8 +147,18 @@ def _moved(obj: Any, device: torch.device | str) -> dict[str, Tensor]:
 
 def completion_logits(logits: Tensor, batch: MicroBatch) -> Tensor:
     """[N, T, V] the logits predicting each completion token, from the model's kept logits [N, K, V]."""
-    index = batch.logit_index[..., None].expand(-1, -1, logits.shape[-1])  # [N, T, V]
-    return logits.gather(1, index)
+    return _completion_aligned(logits, batch)
+
+
+def completion_hidden(hidden: Tensor, batch: MicroBatch) -> Tensor:
+    """[N, T, H] the final hidden states predicting each completion token (lm_head's inputs for
+    completion_logits' logits), from the model's hidden states at every position [N, L, H]."""
+    return _completion_aligned(hidden[:, hidden.shape[1] - batch.num_logits :], batch)
+
+
+def _completion_aligned(kept: Tensor, batch: MicroBatch) -> Tensor:
+    """[N, T, D] the rows of `kept` [N, K, D] (the last K = num_logits positions) at logit_index."""
+    return kept.gather(1, batch.logit_index[..., None].expand(-1, -1, kept.shape[-1]))
 
 
 def num_completion_tokens(rollouts: Sequence[TrainRollout]) -> int:

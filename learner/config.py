@@ -26,6 +26,19 @@ class LearnerConfig(BaseModel):
     )
     updates_per_iteration: int = Field(2, ge=1, description="optimizer steps per iteration (METHOD.md §4: 2)")
     micro_batch_size: int = Field(8, ge=1, description="rollouts per forward/backward on one rank")
+    logprob_chunk_tokens: int = Field(
+        1024,
+        ge=1,
+        description="completion tokens per chunk of the output layer (learner.head): logprobs and entropy come from "
+        "the final hidden states, and only one chunk's [chunk, vocab] float32 logits exist at once, in the forward "
+        "and in the backward that recomputes them (1024 × 151,936: 0.6 GB per copy, instead of 10 GB per copy of a "
+        "micro-batch's full logits at 8 × 2,048 tokens)",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute each decoder layer and vision block in the backward instead of keeping its "
+        "activations (HF gradient checkpointing, non-reentrant): less memory, about one more forward of time",
+    )
     share_prompts: bool = Field(
         True,
         description="GRPO forwards run each distinct prompt (and image) of a micro-batch once and its rows' "

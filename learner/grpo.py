@@ -235,7 +235,7 @@ def _diagnostics(
     clipped: Tensor,
     mask: Tensor,
     global_num_tokens: int | Tensor,
-    logits: Tensor | None,
+    entropy: Tensor | None,
 ) -> dict[str, Tensor]:
     """Detached metrics, token means over the global count (sum them across micro-batches/ranks).
 
@@ -252,8 +252,8 @@ def _diagnostics(
             "ratio_mean": token_mean_loss(ratio, mask, global_num_tokens),
             "ratio_max": torch.where(mask, ratio, 0.0).max(),
         }
-        if logits is not None:
-            metrics["entropy"] = token_mean_loss(entropy_from_logits(logits), mask, global_num_tokens)
+        if entropy is not None:
+            metrics["entropy"] = token_mean_loss(entropy, mask, global_num_tokens)
     return metrics
 
 
@@ -266,13 +266,13 @@ def grpo_loss(
     global_num_tokens: int | Tensor,
     cfg: GrpoLossConfig,
     *,
-    logits: Tensor | None = None,
+    entropy: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss of one micro-batch, pg + kl_coef·kl, and detached 0-d metric tensors.
 
-    logprobs/old_logprobs/ref_logprobs/mask: [N, T]; advantages: [N] or [N, T]; logits [N, T, V]
-    optional, only for the entropy metric. The KL term (and the "kl" metric) is present iff
-    ref_logprobs is given. Every metric except ratio_max sums across micro-batches/ranks to the
+    logprobs/old_logprobs/ref_logprobs/mask: [N, T]; advantages: [N] or [N, T]; entropy [N, T]
+    optional (of each token's distribution: entropy_from_logits, learner.head), only for the entropy
+    metric. The KL term (and the "kl" metric) is present iff ref_logprobs is given. Every metric except ratio_max sums across micro-batches/ranks to the
     mini-batch token mean, like the loss.
     """
     mask = mask.bool()
@@ -292,6 +292,6 @@ def grpo_loss(
         kl = token_mean_loss(kl_low_var(logprobs, ref_logprobs, cfg.kl_clamp), mask, global_num_tokens)
         loss = pg_loss + cfg.kl_coef * kl
         metrics["kl"] = kl.detach()
-    metrics.update(_diagnostics(logprobs, old_logprobs, clipped, mask, global_num_tokens, logits))
+    metrics.update(_diagnostics(logprobs, old_logprobs, clipped, mask, global_num_tokens, entropy))
     metrics["loss"] = loss.detach()
     return loss, metrics

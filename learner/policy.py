@@ -10,7 +10,12 @@ each backward therefore scales the loss by world_size and is not divided by the 
 steps (`scale_wrt_gas=False`). The applied gradient is exactly ∇(global token-mean loss).
 
 Every parameter trains (EMO-R3 does not freeze the vision tower). The modules stay in eval mode:
-RL needs no dropout, and the ratio must be exactly 1 before the first update.
+RL needs no dropout, and the ratio must be exactly 1 before the first update (gradient checkpointing
+puts its layers in train mode, where Qwen2.5-VL computes alike: `enable_gradient_checkpointing`).
+
+Logprobs and entropy come from the final hidden states of the completion tokens through the model's
+lm_head made a CompletionHead (learner.head): `learner.logprob_chunk_tokens` tokens at a time, never
+the full-vocabulary logits of a micro-batch.
 
 ZeRO-3 invariant: forwards are collectives (every rank gathers each module's parameters), so every
 rank must run the same number of forwards, and a micro-batch with images on one rank needs images
@@ -30,17 +35,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from learner.batch import MicroBatch, completion_logits
+from learner.batch import MicroBatch
 from learner.config import LearnerConfig
-from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss, token_logprobs
+from learner.forward import completion_logprobs, enable_gradient_checkpointing
+from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss
+from learner.head import install_completion_head
 from learner.sft import sft_objective
-from learner.shared import shared_prompt_logits
 
 OPTIMIZER_DIR = "optimizer"  # inside a checkpoint: one safetensors file per rank (Policy.save_optimizer)
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a dead rank fails its peers' collectives after this
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# A micro-batch's loss: (batch, logprobs [N, T], logits [N, T, V], global_num_tokens) → (loss, metrics);
-# picked once per kind of step (GRPO: train_step, SFT: sft_step), never branched on inside it.
+# A micro-batch's loss: (batch, logprobs [N, T], entropy [N, T] (detached), global_num_tokens) → (loss,
+# metrics); picked once per kind of step (GRPO: train_step, SFT: sft_step), never branched on inside it.
 Objective = Callable[[MicroBatch, Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
 
 
@@ -112,6 +118,8 @@ class Policy:
             model=model, optimizer=optimizer, lr_scheduler=warmup, config=self.ds_config
         )
         self.engine.eval()
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.engine.module)
         # fp32 ZeRO-0 clips without keeping the norm: read it from the (rank-averaged) gradients.
         self._norm_before_step = cfg.zero_stage == 0 and cfg.dtype == "float32"
         self.reference = self._build_reference(reference_path or model_path) if uses_reference(cfg) else None
@@ -141,12 +149,9 @@ class Policy:
     # Forward passes
 
     def _forward(self, module: Any, batch: MicroBatch) -> tuple[Tensor, Tensor]:
-        """logprobs [N, T] (fp32) of the completion tokens and their logits [N, T, V]."""
-        if batch.prompts is not None:
-            logits = shared_prompt_logits(module, batch)  # [N, T, V]
-        else:
-            logits = completion_logits(module(**batch.model_inputs()).logits, batch)  # [N, T, V]
-        return token_logprobs(logits, batch.completion_ids), logits
+        """logprobs [N, T] (fp32, with gradient) of the completion tokens and their entropy [N, T] (fp32,
+        detached); 0 on padding."""
+        return completion_logprobs(module, batch, self.cfg.logprob_chunk_tokens)
 
     @torch.no_grad()
     def logprobs(self, batch: MicroBatch, *, reference: bool = False) -> Tensor:
@@ -183,9 +188,9 @@ class Policy:
         objective = self._grpo_objective
         if sampler_diffs is not None:
 
-            def objective(batch: MicroBatch, logprobs: Tensor, logits: Tensor, n: int):
+            def objective(batch: MicroBatch, logprobs: Tensor, entropy: Tensor, n: int):
                 sampler_diffs.append((logprobs.detach() - batch.sampler_logprobs)[batch.mask].cpu())
-                return self._grpo_objective(batch, logprobs, logits, n)
+                return self._grpo_objective(batch, logprobs, entropy, n)
 
         return self._step(micro_batches, global_num_tokens, objective)
 
@@ -222,8 +227,8 @@ class Policy:
 
     def _backward(self, batch: MicroBatch, global_num_tokens: int, objective: Objective) -> dict[str, float]:
         """Forward + backward of one micro-batch (gradients accumulate); its metrics."""
-        logprobs, logits = self._forward(self.engine, batch)  # [N, T], [N, T, V]
-        loss, metrics = objective(batch, logprobs, logits, global_num_tokens)
+        logprobs, entropy = self._forward(self.engine, batch)  # [N, T], [N, T]
+        loss, metrics = objective(batch, logprobs, entropy, global_num_tokens)
         # DeepSpeed averages over ranks: × world_size makes it the sum; no division by accumulation steps.
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         return {name: float(value) for name, value in metrics.items()}
@@ -235,7 +240,7 @@ class Policy:
             raise ValueError("micro-batch without ref_logprobs, but the KL term is on")
 
     def _grpo_objective(
-        self, batch: MicroBatch, logprobs: Tensor, logits: Tensor, global_num_tokens: int
+        self, batch: MicroBatch, logprobs: Tensor, entropy: Tensor, global_num_tokens: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The clipped GRPO loss (+ KL when the reference is on) of one micro-batch."""
         return grpo_loss(
@@ -246,7 +251,7 @@ class Policy:
             batch.mask,
             global_num_tokens,
             self.loss_cfg,
-            logits=logits,
+            entropy=entropy,
         )
 
     # -------------------------------------------------------------------------------------------
@@ -463,4 +468,6 @@ def _hf_deepspeed_config(ds_config: dict[str, Any]) -> Any:
 def _load_model(model_path: str | Path, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForImageTextToText
 
-    return AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=dtype)
+    model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=dtype)
+    install_completion_head(model)
+    return model

@@ -165,7 +165,7 @@ def nll_loss(
 
 
 def sft_objective(
-    batch: MicroBatch, logprobs: Tensor, logits: Tensor, global_num_tokens: int
+    batch: MicroBatch, logprobs: Tensor, entropy: Tensor, global_num_tokens: int
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The policy's SFT objective (learner.policy.Objective): NLL of the completion (= target) tokens."""
     return nll_loss(logprobs, batch.mask, global_num_tokens)

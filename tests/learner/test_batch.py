@@ -12,6 +12,7 @@ from learner.batch import (
     IMAGE_PAD,
     TrainRollout,
     collate,
+    completion_hidden,
     completion_logits,
     length_groups,
     micro_batches_per_step,
@@ -140,30 +141,47 @@ def test_collate_shares_each_distinct_prompt_and_image_once_left_padded(processo
     assert collate(rollouts, processor, load_image).prompts is None  # off unless asked
 
 
-def test_shared_prompt_forward_gives_the_full_forward_logits_and_gradients(model_path, processor):
+def test_shared_prompt_forward_gives_the_full_forward_hidden_states_and_gradients(model_path, processor):
     from transformers import AutoModelForImageTextToText
 
-    from learner.shared import shared_prompt_logits
+    from learner.head import forward_hidden
+    from learner.shared import shared_prompt_hidden
 
     model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=torch.float32).eval()
     _, batch = shared_batch(processor)
 
-    def logits_and_gradients(forward):
+    def hidden_and_gradients(forward):
         model.zero_grad()
-        logits = forward()  # [N, T, V]
-        logprobs = torch.log_softmax(logits, -1).gather(-1, batch.completion_ids[..., None])[..., 0]
+        hidden = forward()  # [N, T, H]
+        logprobs = torch.log_softmax(model.lm_head(hidden), -1).gather(-1, batch.completion_ids[..., None])[
+            ..., 0
+        ]
         (logprobs * batch.mask * torch.linspace(-1, 1, len(batch.mask))[:, None]).sum().backward()
-        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    full, full_grads = logits_and_gradients(
-        lambda: completion_logits(model(**batch.model_inputs()).logits, batch)
+    full, full_grads = hidden_and_gradients(
+        lambda: completion_hidden(forward_hidden(model, **batch.model_inputs()).hidden_states[-1], batch)
     )
-    shared, shared_grads = logits_and_gradients(lambda: shared_prompt_logits(model, batch))
-    assert shared.shape == full.shape
+    shared, shared_grads = hidden_and_gradients(lambda: shared_prompt_hidden(model, batch))
+    assert shared.shape == full.shape == (*batch.mask.shape, model.config.text_config.hidden_size)
     assert (shared - full).abs()[batch.mask].max() < 1e-5
     assert shared_grads.keys() == full_grads.keys() == {n for n, _ in model.named_parameters()}
     for name, grad in full_grads.items():  # every parameter, the vision tower's included
         assert (shared_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-9, name
+
+
+def test_completion_hidden_are_lm_head_inputs_of_the_completion_logits(model_path, processor):
+    from transformers import AutoModelForImageTextToText
+
+    from learner.head import forward_hidden
+
+    model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=torch.float32).eval()
+    rollouts, _ = shared_batch(processor)
+    batch = collate(rollouts, processor, load_image)
+    with torch.no_grad():
+        logits = completion_logits(model(**batch.model_inputs()).logits, batch)  # [N, T, V]
+        hidden = completion_hidden(forward_hidden(model, **batch.model_inputs()).hidden_states[-1], batch)
+    torch.testing.assert_close(model.lm_head(hidden), logits, rtol=1e-5, atol=1e-5)
 
 
 def test_split_gives_contiguous_near_equal_non_empty_parts():

@@ -344,11 +344,12 @@ def test_token_logprobs_and_entropy_upcast_half_precision_logits():
     assert entropy_from_logits(logits).dtype == torch.float32
 
 
-def test_entropy_metric_is_reported_when_logits_are_given():
+def test_entropy_metric_is_reported_when_entropy_is_given():
     logits = torch.zeros(1, 2, 4, dtype=F64)  # uniform over 4 → entropy log 4 on each token
     logprobs = token_logprobs(logits, torch.tensor([[1, 2]]))
     mask = torch.ones(1, 2, dtype=torch.bool)
-    _, metrics = grpo_loss(logprobs, logprobs, None, _t([1.0]), mask, 2, GrpoLossConfig(), logits=logits)
+    entropy = entropy_from_logits(logits)
+    _, metrics = grpo_loss(logprobs, logprobs, None, _t([1.0]), mask, 2, GrpoLossConfig(), entropy=entropy)
     torch.testing.assert_close(metrics["entropy"], _t(math.log(4)))
 
 
