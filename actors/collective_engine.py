@@ -78,27 +78,40 @@ class CollectiveWeightTransferEngine(WeightTransferEngine[CollectiveInitInfo, Co
             torch.cuda.synchronize(self.device)
 
     def receive_weights(self, update_info: CollectiveUpdateInfo) -> None:
-        """Each bucket in turn: received from the learner, its tensors loaded (checkpoint names)."""
+        """Each bucket in turn from the learner, its tensors loaded (checkpoint names) while the next
+        one arrives: two buckets beyond the model at most."""
         if self.group is None:
             raise RuntimeError("the collective weight transport was not initialised")
         from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
 
         u = update_info
         dtypes = [getattr(torch, name) for name in u.dtype_names]
-        start = 0
+        starts = [0, *u.bucket_ends[:-1]]
+        received = None  # (bucket, start, end) of the bucket to load next
         with disable_mtp_completeness_check():
-            for end in u.bucket_ends:
-                offsets, size = layout(u.shapes[start:end], dtypes[start:end])
+            for start, end in zip(starts, u.bucket_ends, strict=True):
+                size = layout(u.shapes[start:end], dtypes[start:end])[1]
                 bucket = torch.empty(size, dtype=torch.uint8, device=self.device)
-                torch.distributed.broadcast(bucket, group=self.group, group_src=0)
-                views = zip(u.names[start:end], u.shapes[start:end], dtypes[start:end], offsets, strict=True)
-                self.model.load_weights(
-                    [
-                        (name, bucket[o : o + math.prod(shape) * dtype.itemsize].view(dtype).view(shape))
-                        for name, shape, dtype, o in views
-                    ]
-                )
-                start = end
+                arriving = torch.distributed.broadcast(bucket, group=self.group, group_src=0, async_op=True)
+                if received is not None:
+                    self._load(u, dtypes, *received)
+                arriving.wait()
+                received = (bucket, start, end)
+            if received is not None:
+                self._load(u, dtypes, *received)
+
+    def _load(
+        self, u: CollectiveUpdateInfo, dtypes: list, bucket: torch.Tensor, start: int, end: int
+    ) -> None:
+        """The model loads tensors start..end of the update, views into their bucket."""
+        offsets, _ = layout(u.shapes[start:end], dtypes[start:end])
+        views = zip(u.names[start:end], u.shapes[start:end], dtypes[start:end], offsets, strict=True)
+        self.model.load_weights(
+            [
+                (name, bucket[o : o + math.prod(shape) * dtype.itemsize].view(dtype).view(shape))
+                for name, shape, dtype, o in views
+            ]
+        )
 
     def shutdown(self) -> None:
         group, self.group = self.group, None

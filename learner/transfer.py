@@ -126,7 +126,8 @@ class WeightSender:
 
     def send(self, named: Sequence[tuple[str, Tensor]], sends: bool = True) -> None:
         """Broadcast `named` bucket by bucket as `describe` cut it (rank 0: `sends`); every rank joins
-        each bucket's gather."""
+        each bucket's gather. A bucket is packed while the previous one is on the wire: two buckets
+        at most on rank 0 (and, under ZeRO-3, the gathered parameters of the one being packed)."""
         meta = self.metadata
         if meta is None or (sends and self.group is None):
             raise RuntimeError("the weight group is not formed")
@@ -134,24 +135,29 @@ class WeightSender:
             "shapes"
         ]:
             raise RuntimeError("the learner's parameters differ from the weight group's metadata")
-        tensors, start = [t for _, t in named], 0
+        tensors, start, in_flight = [t for _, t in named], 0, None
         for end in meta["bucket_ends"]:
             part = tensors[start:end]
             with self.gather(part):
-                if sends:
-                    self._broadcast(part)
+                bucket = self._pack(part) if sends else None
+            if bucket is not None:
+                if in_flight is not None:
+                    in_flight.wait()
+                in_flight = torch.distributed.broadcast(bucket, group=self.group, group_src=0, async_op=True)
             start = end
+        if in_flight is not None:
+            in_flight.wait()
         if sends and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _broadcast(self, part: Sequence[Tensor]) -> None:
+    def _pack(self, part: Sequence[Tensor]) -> Tensor:
         """One flat bucket of `part` (full tensors), placed as actors.collective.layout says."""
         offsets, size = layout([t.shape for t in part], [t.dtype for t in part])
         bucket = torch.empty(size, dtype=torch.uint8, device=self.device)
         for tensor, offset in zip(part, offsets, strict=True):
             flat = tensor.detach().contiguous().view(-1).view(torch.uint8)
             bucket[offset : offset + flat.numel()].copy_(flat)
-        torch.distributed.broadcast(bucket, group=self.group, group_src=0)
+        return bucket
 
     def broadcast_raw(self, bucket_bytes: Sequence[int]) -> None:
         """Buckets of these sizes, uninitialised, to the group: the floor of a push (`emo-r3 bench
