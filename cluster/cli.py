@@ -154,6 +154,16 @@ def cmd_bench_ban(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.sync import run
+
+    engines = tuple(int(n) for n in args.engines.split(","))
+    run(args.sizes.split(","), engines, args.bucket_mib, args.repeats, Path(args.out) if args.out else None)
+    return 0
+
+
 def _add_config_commands(sub) -> None:
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config")
@@ -311,6 +321,18 @@ def _add_bench_commands(sub) -> None:
     ban.add_argument("--repeats", type=int, default=3, help="measured rounds (after one warm-up)")
     ban.add_argument("--out", help="also write the numbers as JSON here")
     ban.set_defaults(func=cmd_bench_ban)
+    sync = bench.add_parser(
+        "sync",
+        help="weight-push seconds and memory vs model size, engines and transport, beside a raw broadcast",
+    )
+    sync.add_argument(
+        "--sizes", default="5m,60m,150m", help="model sizes, comma-separated (5m, 60m, 150m, 360m, 500m)"
+    )
+    sync.add_argument("--engines", default="1,2,4", help="engine counts, comma-separated (at most 4)")
+    sync.add_argument("--bucket-mib", type=float, default=64, help="bucket size of the collective transport")
+    sync.add_argument("--repeats", type=int, default=3, help="measured pushes per cell (after one warm-up)")
+    sync.add_argument("--out", help="also write the numbers as JSON here")
+    sync.set_defaults(func=cmd_bench_sync)
     reasoning = bench.add_parser(
         "reasoning", help="runs' dumped rollouts or evaluations' responses against the synthetic scenes"
     )
