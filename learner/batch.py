@@ -161,6 +161,13 @@ def _completion_aligned(kept: Tensor, batch: MicroBatch) -> Tensor:
     return kept.gather(1, batch.logit_index[..., None].expand(-1, -1, kept.shape[-1]))
 
 
+def without_tokens(batch: MicroBatch) -> MicroBatch:
+    """`batch` with no token that counts (mask all False): the padding micro-batch of a rank whose
+    rollouts are fewer than the micro-batches every rank runs (token_budget_split). Its forward and
+    backward run, so ZeRO's collectives pair up, and add nothing to the loss, its gradient or a metric."""
+    return replace(batch, mask=torch.zeros_like(batch.mask))
+
+
 def num_completion_tokens(rollouts: Sequence[TrainRollout]) -> int:
     """Tokens of a (mini-)batch that count for the loss: the global_num_tokens of a mini-batch."""
     return sum(len(r.completion_token_ids) for r in rollouts)
@@ -211,6 +218,40 @@ def micro_batches_per_step(mini_batch_size: int, num_ranks: int, micro_batch_siz
     """
     shard = -(-mini_batch_size // num_ranks)
     return -(-shard // micro_batch_size)
+
+
+def padded_tokens(rollouts: Sequence[TrainRollout]) -> int:
+    """Token positions of the rollouts collated into one micro-batch: rows × longest sequence."""
+    return len(rollouts) * max((_length(r) for r in rollouts), default=0)
+
+
+def token_budget_split(
+    rollouts: Sequence[TrainRollout], max_tokens: int, min_parts: int = 1
+) -> list[list[TrainRollout]]:
+    """`rollouts` in contiguous parts (micro-batches) of at most `max_tokens` padded tokens each
+    (`padded_tokens`; a longer rollout is a part alone), as few as the budget allows, then as many as
+    `min_parts`: the part with the most padded tokens is halved (`split`) until there are.
+
+    Deterministic, and order-keeping so that a group's rollouts stay together (learner.shared runs each
+    distinct prompt once per micro-batch). Every rank must run the same number of micro-batches (ZeRO's
+    collectives), so a rank cuts its shard with `min_parts` = the largest count any rank needs. Fewer
+    rollouts than `min_parts` is an error: halving cannot make an empty part.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens}: must be >= 1")
+    if len(rollouts) < min_parts:
+        raise ValueError(f"cannot cut {len(rollouts)} rollouts into {min_parts} non-empty micro-batches")
+    parts: list[list[TrainRollout]] = []
+    for rollout in rollouts:
+        if parts and padded_tokens([*parts[-1], rollout]) <= max_tokens:
+            parts[-1].append(rollout)
+        else:
+            parts.append([rollout])
+    while len(parts) < min_parts:
+        largest = max((p for p in parts if len(p) > 1), key=padded_tokens)  # the first of equals
+        at = next(i for i, p in enumerate(parts) if p is largest)
+        parts[at : at + 1] = split(largest, 2)
+    return parts
 
 
 def collate(

@@ -26,6 +26,14 @@ class LearnerConfig(BaseModel):
     )
     updates_per_iteration: int = Field(2, ge=1, description="optimizer steps per iteration (METHOD.md §4: 2)")
     micro_batch_size: int = Field(8, ge=1, description="rollouts per forward/backward on one rank")
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="micro-batches by a token budget instead of micro_batch_size rows: a rank cuts its rollouts, in "
+        "order, into micro-batches of at most this many padded tokens (rows × longest prompt + completion; a longer "
+        "rollout alone), and every rank runs as many as the rank that needs the most (learner.batch.token_budget_split). "
+        "None: micro_batch_size rows",
+    )
     logprob_chunk_tokens: int = Field(
         1024,
         ge=1,

@@ -17,6 +17,11 @@ Logprobs and entropy come from the final hidden states of the completion tokens 
 lm_head made a CompletionHead (learner.head): `learner.logprob_chunk_tokens` tokens at a time, never
 the full-vocabulary logits of a micro-batch.
 
+A step runs as many micro-batches as it is given: the policy marks the accumulation boundary itself,
+so a token budget (`learner.micro_batch_tokens`) may need more or fewer micro-batches per step than
+DeepSpeed's nominal `gradient_accumulation_steps`. Every rank must run the same number
+(`common_micro_batch_count`).
+
 ZeRO-3 invariant: forwards are collectives (every rank gathers each module's parameters), so every
 rank must run the same number of forwards, and a micro-batch with images on one rank needs images
 on every rank (else the vision tower's gathers do not pair up).
@@ -205,18 +210,20 @@ class Policy:
     def _step(
         self, micro_batches: list[MicroBatch], global_num_tokens: int, objective: Objective
     ) -> dict[str, float]:
-        """Forward + backward of every micro-batch with `objective`, one update at the boundary."""
-        if len(micro_batches) != self.micro_batches_per_step:
+        """Forward + backward of every micro-batch with `objective`, one update at the boundary: after
+        the last micro-batch (DeepSpeed is told, whatever its nominal accumulation steps)."""
+        fixed = self.cfg.micro_batch_tokens is None
+        if not micro_batches or (fixed and len(micro_batches) != self.micro_batches_per_step):
             raise ValueError(
-                f"{len(micro_batches)} micro-batches, but DeepSpeed steps every {self.micro_batches_per_step}"
+                f"{len(micro_batches)} micro-batches, but a step runs {self.micro_batches_per_step} "
+                "(learner.micro_batch_tokens unset)"
             )
         totals: dict[str, float] = {}
         norm = None
         lr = float(self.engine.get_lr()[0])  # this update's (the scheduler steps after it)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
-            if self.engine.is_gradient_accumulation_boundary() != last:
-                raise RuntimeError("DeepSpeed's accumulation boundary is out of step with the micro-batches")
+            self.engine.set_gradient_accumulation_boundary(last)
             totals = _combine(totals, self._backward(batch.to(self.device), global_num_tokens, objective))
             if last and self._norm_before_step:
                 norm = _grad_norm(self.engine.module)
@@ -253,6 +260,17 @@ class Policy:
             self.loss_cfg,
             entropy=entropy,
         )
+
+    def common_micro_batch_count(self, count: int) -> int:
+        """The most micro-batches any rank needs for a step (`count`: this rank's). A collective: every
+        rank must run that many (ZeRO's gradient reductions and ZeRO-3's gathers pair up across ranks)."""
+        if self.world_size == 1:
+            return count
+        import torch.distributed as dist
+
+        most = torch.tensor([count], device=self.device)  # NCCL reduces device tensors
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most.item())
 
     # -------------------------------------------------------------------------------------------
     # Weights out

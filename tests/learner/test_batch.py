@@ -17,8 +17,10 @@ from learner.batch import (
     length_groups,
     micro_batches_per_step,
     num_completion_tokens,
+    padded_tokens,
     rollouts_from_group,
     split,
+    token_budget_split,
 )
 
 
@@ -212,6 +214,48 @@ def test_length_groups_sort_by_length_and_cut_where_padding_would_exceed_the_sla
 def test_micro_batches_per_step_covers_the_largest_rank_shard():
     assert micro_batches_per_step(16, 2, 4) == 2  # shards of 8 → 2 micro-batches of 4
     assert micro_batches_per_step(17, 2, 4) == 3  # shard of 9 → 3
+
+
+def test_token_budget_split_keeps_order_and_fills_each_micro_batch_up_to_the_budget():
+    def of(prompt, completion):
+        return rollout(0, list(range(prompt)), list(range(completion)), None)
+
+    # sequence lengths 100, 120, 90, 300, 80, 80, 80, 80
+    rows = [of(60, 40), of(60, 60), of(60, 30), of(100, 200), of(40, 40), of(40, 40), of(40, 40), of(40, 40)]
+    parts = token_budget_split(rows, max_tokens=320)
+    # 100 + 120 → 2 × 120 = 240; + 90 → 3 × 120 = 360 > 320: cut. 300 alone (2 × 300 > 320).
+    # 80 × 4 = 320 fits exactly.
+    assert [[len(r.prompt_token_ids) + len(r.completion_token_ids) for r in p] for p in parts] == [
+        [100, 120],
+        [90],
+        [300],
+        [80, 80, 80, 80],
+    ]
+    assert [r for p in parts for r in p] == rows  # contiguous, in order, each row once
+    assert [padded_tokens(p) for p in parts] == [240, 90, 300, 320]
+    assert all(padded_tokens(p) <= 320 or len(p) == 1 for p in parts)
+    longest = of(500, 500)  # over the budget: alone
+    assert token_budget_split([of(10, 10), longest, of(10, 10)], max_tokens=100) == [
+        [of(10, 10)],
+        [longest],
+        [of(10, 10)],
+    ]
+
+
+def test_token_budget_split_halves_the_largest_micro_batch_to_reach_the_agreed_count():
+    def of(length):
+        return rollout(0, list(range(length // 2)), list(range(length - length // 2)), None)
+
+    rows = [of(100), of(100), of(100), of(100), of(50), of(50)]
+    assert [len(p) for p in token_budget_split(rows, max_tokens=400)] == [4, 2]  # 400 and 100 tokens
+    # a second rank needed 4: the largest part is halved, then the largest of the rest (the first of equals)
+    assert [len(p) for p in token_budget_split(rows, max_tokens=400, min_parts=3)] == [2, 2, 2]
+    assert [len(p) for p in token_budget_split(rows, max_tokens=400, min_parts=4)] == [1, 1, 2, 2]
+    assert [r for p in token_budget_split(rows, 400, min_parts=6) for r in p] == rows
+    with pytest.raises(ValueError, match="cannot cut 6 rollouts into 7"):
+        token_budget_split(rows, max_tokens=400, min_parts=7)
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        token_budget_split(rows, max_tokens=0)
 
 
 def test_rollout_needs_one_sampler_logprob_per_token():

@@ -7,7 +7,7 @@ import torch
 from test_batch import shared_batch
 
 from cluster.data.images import load_image
-from learner.batch import MicroBatch, collate, completion_logits
+from learner.batch import MicroBatch, collate, completion_logits, without_tokens
 from learner.grpo import GrpoLossConfig, entropy_from_logits, grpo_loss, token_logprobs
 from learner.sft import nll_loss
 
@@ -168,3 +168,10 @@ def test_gradient_checkpointing_recomputes_every_layer_with_the_same_loss_and_gr
     assert_same_step(checkpointed, plain)
     # the modules around the checkpointed layers stay in eval mode
     assert not model.training and not model.model.language_model.norm.training
+
+
+def test_a_micro_batch_without_tokens_adds_no_loss_and_no_gradient(model_path, batches):
+    model = load(model_path)
+    loss, metrics, logprobs, grads = step(model, without_tokens(batches[True]), chunked_logprobs)
+    assert loss == 0 and logprobs.numel() == 0 and metrics["entropy"] == 0
+    assert grads and all(not grad.any() for grad in grads.values())  # the backward ran, through every layer
