@@ -45,6 +45,7 @@ class CollectiveWeightTransferEngine(WeightTransferEngine[CollectiveInitInfo, Co
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.group = None
+        self.bucket_device = torch.device("cpu")
 
     def init_transfer_engine(self, init_info: CollectiveInitInfo) -> None:
         """Join the group (blocks until every member joined); a second call forms a new one."""
@@ -52,6 +53,9 @@ class CollectiveWeightTransferEngine(WeightTransferEngine[CollectiveInitInfo, Co
         rank = (
             init_info.rank_offset + self.parallel_config.rank
         )  # a tensor-parallel engine: a rank per worker
+        # buckets live where the backend moves them: GPU memory for NCCL, host memory for gloo (also
+        # for an engine on a GPU it shares with the learner: vLLM's loaders copy them onto the GPU)
+        self.bucket_device = self.device if init_info.dist_backend == "nccl" else torch.device("cpu")
         self.group = stateless_init_torch_distributed_process_group(
             init_info.master_address,
             init_info.master_port,
@@ -91,7 +95,7 @@ class CollectiveWeightTransferEngine(WeightTransferEngine[CollectiveInitInfo, Co
         with disable_mtp_completeness_check():
             for start, end in zip(starts, u.bucket_ends, strict=True):
                 size = layout(u.shapes[start:end], dtypes[start:end])[1]
-                bucket = torch.empty(size, dtype=torch.uint8, device=self.device)
+                bucket = torch.empty(size, dtype=torch.uint8, device=self.bucket_device)
                 arriving = torch.distributed.broadcast(bucket, group=self.group, group_src=0, async_op=True)
                 if received is not None:
                     self._load(u, dtypes, *received)

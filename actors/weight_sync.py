@@ -79,6 +79,6 @@ class WeightSyncExtension:
         floor a push is measured against (`emo-r3 bench sync`). Returns the bytes received."""
         group = self.weight_transfer_engine.group
         for size in bucket_bytes:
-            bucket = torch.empty(size, dtype=torch.uint8, device=self.weight_transfer_engine.device)
+            bucket = torch.empty(size, dtype=torch.uint8, device=self.weight_transfer_engine.bucket_device)
             torch.distributed.broadcast(bucket, group=group, group_src=0)
         return sum(bucket_bytes)

@@ -240,6 +240,12 @@ class ClusterConfig(BaseModel):
         "the engines' workers, gloo on CPU, NCCL on GPU: buckets broadcast one after another); object_store "
         "(Ray's object store: every engine pulls a full copy)",
     )
+    weight_group_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto",
+        description="torch.distributed backend of the collective transport's group: auto = nccl when the learner and "
+        "every receiving engine hold whole GPUs of their own, else gloo (CPU, or GPUs shared by fractions: NCCL refuses "
+        "two ranks on one GPU)",
+    )
     weight_bucket_mib: float = Field(
         256,
         gt=0,
@@ -299,6 +305,7 @@ def cross_section_problems(cfg: RunConfig) -> list[str]:
         *_batch_problems(cfg),
         *_resource_problems(cfg),
         *_engine_gpu_problems(cfg),
+        *_nccl_problems(cfg),
         *_reward_problems(cfg),
     ]
 
@@ -349,6 +356,42 @@ def _engine_gpu_problems(cfg: RunConfig) -> list[str]:
         elif tp == 1 and gpus > 1:
             problems.append(
                 f"{field}={gpus:g} reserves GPUs an engine of tensor_parallel_size=1 does not use; set it to 1 (or a fraction)"
+            )
+    return problems
+
+
+def weight_group_backend(cfg: RunConfig) -> str:
+    """The collective transport's backend: cluster.weight_group_backend, auto resolved (its field's text)."""
+    if cfg.cluster.weight_group_backend != "auto":
+        return cfg.cluster.weight_group_backend
+    return "nccl" if all(gpus >= 1 for _, gpus in _weight_group_gpus(cfg)) else "gloo"
+
+
+def _weight_group_gpus(cfg: RunConfig) -> list[tuple[str, float]]:
+    """(field, GPUs) of each kind of member of the collective transport's group."""
+    members = [
+        ("learner.num_gpus_per_rank", cfg.learner.num_gpus_per_rank),
+        ("rollout.num_gpus_per_worker", cfg.rollout.num_gpus_per_worker),
+    ]
+    if cfg.reward.reflection and cfg.reward.judge_follows_policy:
+        members.append(("reward.num_gpus_per_worker", cfg.reward.num_gpus_per_worker))
+    return members
+
+
+def _nccl_problems(cfg: RunConfig) -> list[str]:
+    """NCCL refuses two ranks of one group on one GPU ("Duplicate GPU detected"): whole GPUs for NCCL."""
+    problems = []
+    if cfg.learner.num_ranks > 1 and 0 < cfg.learner.num_gpus_per_rank < 1:
+        problems.append(
+            f"learner.num_gpus_per_rank={cfg.learner.num_gpus_per_rank:g} with {cfg.learner.num_ranks} ranks: NCCL "
+            "cannot put two ranks of the learner on one GPU; give each rank a whole GPU (or use one rank)"
+        )
+    if cfg.cluster.weight_transport == "collective" and cfg.cluster.weight_group_backend == "nccl":
+        shared = [f"{field}={gpus:g}" for field, gpus in _weight_group_gpus(cfg) if gpus < 1]
+        if shared:
+            problems.append(
+                f"cluster.weight_group_backend=nccl but {', '.join(shared)}: NCCL cannot put two ranks of the weight "
+                "group on one GPU; give them whole GPUs or set cluster.weight_group_backend=auto (gloo)"
             )
     return problems
 

@@ -21,7 +21,7 @@ import ray
 
 from actors.rollout import RolloutWorker
 from cluster.batching import train_shards
-from cluster.config import RunConfig
+from cluster.config import RunConfig, weight_group_backend
 from cluster.data.sample import Sample
 from cluster.generation import IterationRollouts, Workers, generate_and_score, resample_all_wrong
 from cluster.launch import start_ray, worker_env
@@ -118,7 +118,7 @@ class TrainingCluster:
             self.receivers,
             cfg.cluster.sync_timeout_s,
             cfg.cluster.weight_bucket_mib,
-            "nccl" if self.on_gpu else "gloo",
+            weight_group_backend(cfg),
             self.weight_group_address,
             workers_per_engine=cfg.rollout.tensor_parallel_size,
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import ConfigError, RunConfig, load_config, to_yaml
+from cluster.config import ConfigError, RunConfig, load_config, to_yaml, weight_group_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,3 +170,42 @@ def test_engines_with_their_tensor_parallel_gpus_or_a_shared_fraction_are_accept
     load_config(None, ["cluster.ray_address=127.0.0.1:6379", *shared])
     # without reflection the reward workers own no engine: their GPUs are not checked
     load_config(None, ["cluster.ray_address=127.0.0.1:6379", *tp[:2], "reward.reflection=false"])
+
+
+REMOTE = "cluster.ray_address=127.0.0.1:6379"
+WHOLE_GPUS = ["learner.num_gpus_per_rank=1", "rollout.num_gpus_per_worker=1", "reward.num_gpus_per_worker=1"]
+
+
+def test_the_weight_groups_backend_is_nccl_only_when_every_member_holds_whole_gpus():
+    assert weight_group_backend(load_config(None, [REMOTE])) == "gloo"  # CPU
+    assert weight_group_backend(load_config(None, [REMOTE, *WHOLE_GPUS])) == "nccl"
+    # one GPU shared by fractions: NCCL would refuse the duplicate device, gloo moves the bytes
+    shared = [*WHOLE_GPUS[:2], "reward.num_gpus_per_worker=0.5"]
+    assert weight_group_backend(load_config(None, [REMOTE, *shared])) == "gloo"
+    # a frozen judge does not receive weights: its fraction does not matter
+    frozen = [*shared, "reward.judge.mode=frozen", "reward.judge.model=tiny"]
+    assert weight_group_backend(load_config(None, [REMOTE, *frozen])) == "nccl"
+    forced = [*WHOLE_GPUS, "cluster.weight_group_backend=gloo"]
+    assert weight_group_backend(load_config(None, [REMOTE, *forced])) == "gloo"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            [
+                "cluster.weight_group_backend=nccl",
+                "learner.num_gpus_per_rank=1",
+                "rollout.num_gpus_per_worker=0.5",
+            ],
+            "but rollout.num_gpus_per_worker=0.5.*NCCL cannot put two ranks of the weight group on one GPU",
+        ),
+        (
+            ["learner.num_ranks=2", "learner.num_gpus_per_rank=0.5"],
+            "NCCL cannot put two ranks of the learner on one GPU",
+        ),
+    ],
+)
+def test_nccl_is_refused_where_two_of_its_ranks_would_share_a_gpu(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [REMOTE, *overrides])
