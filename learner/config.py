@@ -76,6 +76,14 @@ class LearnerConfig(BaseModel):
         "are both float32, else learner. The learner–engine mismatch is logged either way (engine: from the "
         "first update's training forward)",
     )
+    tis_cap: float | None = Field(
+        2.0,
+        ge=1,
+        description="truncated importance sampling toward the sampler: each token's advantage is weighted by "
+        "min(π_old / π_sampler, tis_cap), correcting for an engine that computes otherwise than the learner (bf16, "
+        "other kernels); exactly 1 where the old logprobs are the sampler's own (old_logprobs=engine). Logged as "
+        "train/tis_weight_mean, _max, train/tis_clipped_share. null: off (veRL's default cap: 2)",
+    )
     reference_placement: Literal["learner", "none"] = Field(
         "learner", description="learner: each rank holds a frozen copy of the initial policy; none: no KL"
     )

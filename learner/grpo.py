@@ -33,7 +33,8 @@ LOG_RATIO_CLAMP = 20.0
 
 StdKind = Literal["unbiased", "population", "none"]
 # Metrics of `grpo_loss` that combine across micro-batches/ranks by max; all others by sum.
-MAX_REDUCED_METRICS = frozenset({"ratio_max"})
+MAX_REDUCED_METRICS = frozenset({"ratio_max", "tis_weight_max"})
+TIS_CAP = 2.0  # truncation of the sampler-correction weights (veRL's default tis_imp_ratio_cap)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -204,6 +205,33 @@ def token_mean_loss(per_token: Tensor, mask: Tensor, global_num_tokens: int | Te
     else:
         denominator = max(int(global_num_tokens), 1)
     return masked_sum(per_token, mask) / denominator
+
+
+def sampler_correction(
+    old_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, global_num_tokens: int | Tensor, cap: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Truncated importance sampling toward the sampler: [N, T] weights min(π_old / π_sampler, cap)
+    of the tokens the engine sampled, and their metrics (token means over the global count, like the
+    loss; tis_weight_max: a max).
+
+    The ratio's old logprobs are the learner's when it computes otherwise than the engine (bf16,
+    other kernels); the policy gradient of a token is then weighted by how much likelier the learner
+    finds it than the sampler did, at most `cap`. Where the old logprobs are the sampler's own the
+    weights are exactly 1. Detached: they reweight the gradient and are not trained. Weighting a
+    token's advantage by w > 0 weights its clipped loss by w (every term of the loss is linear in
+    the advantage and the clip decisions compare quantities scaled alike).
+    """
+    if cap < 1.0:
+        raise ValueError(f"the importance-weight cap is {cap}: set it ≥ 1 (veRL's default: {TIS_CAP})")
+    log_ratio = (old_logprobs - sampler_logprobs).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = log_ratio.exp()  # [N, T]
+    weights = ratio.clamp(max=cap)
+    metrics = {
+        "tis_weight_mean": token_mean_loss(weights, mask, global_num_tokens),
+        "tis_weight_max": torch.where(mask.bool(), weights, 0.0).max(),
+        "tis_clipped_share": token_mean_loss((ratio > cap).to(weights.dtype), mask, global_num_tokens),
+    }
+    return weights, metrics
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from torch import Tensor
 from learner.batch import MicroBatch
 from learner.config import LearnerConfig
 from learner.forward import completion_logprobs, enable_gradient_checkpointing
-from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss
+from learner.grpo import MAX_REDUCED_METRICS, GrpoLossConfig, grpo_loss, sampler_correction
 from learner.head import install_completion_head
 from learner.sft import sft_objective
 
@@ -249,17 +249,25 @@ class Policy:
     def _grpo_objective(
         self, batch: MicroBatch, logprobs: Tensor, entropy: Tensor, global_num_tokens: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The clipped GRPO loss (+ KL when the reference is on) of one micro-batch."""
-        return grpo_loss(
+        """The clipped GRPO loss (+ KL when the reference is on) of one micro-batch; with
+        learner.tis_cap, each token's advantage weighted toward the sampler (grpo.sampler_correction)."""
+        advantages, correction = batch.advantages, {}
+        if self.cfg.tis_cap is not None:
+            weights, correction = sampler_correction(
+                batch.old_logprobs, batch.sampler_logprobs, batch.mask, global_num_tokens, self.cfg.tis_cap
+            )
+            advantages = batch.advantages[:, None] * weights  # [N, T]
+        loss, metrics = grpo_loss(
             logprobs,
             batch.old_logprobs,
             batch.ref_logprobs if self.reference is not None else None,
-            batch.advantages,
+            advantages,
             batch.mask,
             global_num_tokens,
             self.loss_cfg,
             entropy=entropy,
         )
+        return loss, metrics | correction
 
     def common_micro_batch_count(self, count: int) -> int:
         """The most micro-batches any rank needs for a step (`count`: this rank's). A collective: every

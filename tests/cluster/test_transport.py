@@ -1,6 +1,7 @@
-"""Weight transports on the real stack: after a push every engine that follows the policy holds the
-learner's weights tensor by tensor (checksums against an engine loaded from the learner's checkpoint);
-the collective group forms anew when an engine was replaced; the object store stays a working fallback."""
+"""Weight transports on the real stack, in bf16 as on GPUs: after a push every engine that follows the
+policy holds the learner's weights tensor by tensor (checksums against an engine loaded from the
+learner's checkpoint); the collective group forms anew when an engine was replaced; the object store
+stays a working fallback. The bf16 learner's sampler correction is checked on the way."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ OVERRIDES = [
     "learner.micro_batch_size=4",
     "learner.warmup_steps=0",
     "learner.zero_stage=3",  # ranks gather bucket by bucket (ZeRO-2, the default, is the e2e test's)
+    "rollout.dtype=bfloat16",  # bf16 end to end, as on GPUs: the sampler correction is active
+    "learner.dtype=bfloat16",
     "cluster.weight_bucket_mib=0.5",  # many buckets for a 5 M-parameter model
 ]
 
@@ -43,7 +46,11 @@ def test_collective_pushes_reach_every_engine_and_the_group_reforms_after_a_repl
     assert cfg.cluster.weight_transport == "collective"  # the default
     samples = load_samples(cfg.data.train, cfg.data).samples
     with TrainingCluster(cfg, str(random_init_tiny_model)) as tc:
-        tc.train(tc.generate_and_score(samples[:4], 0, 0))  # the learner's weights move
+        trained = tc.train(tc.generate_and_score(samples[:4], 0, 0))  # the learner's weights move
+        # bf16: the ratio's old logprobs are the learner's, corrected toward the sampler's
+        assert 0 < trained["train/logprob_mismatch_mean"] < 0.1, trained
+        assert 1.0 <= trained["train/tis_weight_max"] <= cfg.learner.tis_cap
+        assert 0.8 < trained["train/tis_weight_mean"] < 1.2 and 0 <= trained["train/tis_clipped_share"] < 0.05
         first = tc.push(1)
         tc.save(tmp_path / "v1", optimizer=False)
         learner = (

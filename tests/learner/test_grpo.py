@@ -19,6 +19,7 @@ from learner.grpo import (
     kl_low_var,
     masked_sum,
     policy_loss_terms,
+    sampler_correction,
     token_logprobs,
     token_mean_loss,
 )
@@ -376,3 +377,51 @@ def test_config_rejects_invalid_knobs_with_a_hint(field, value):
 def test_import_is_light():
     code = "import sys, learner.grpo; bad = {'transformers', 'vllm', 'ray', 'deepspeed'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Truncated importance sampling toward the sampler
+
+
+def test_sampler_correction_is_exactly_one_where_old_logprobs_are_the_samplers():
+    torch.manual_seed(0)
+    sampler = torch.randn(4, 6, dtype=torch.float32).clamp(max=0) - 0.1
+    mask = torch.rand(4, 6) > 0.3
+    weights, metrics = sampler_correction(sampler.clone(), sampler, mask, int(mask.sum()), 2.0)
+    assert torch.equal(weights, torch.ones_like(weights))
+    assert metrics["tis_weight_mean"] == 1.0 and metrics["tis_weight_max"] == 1.0
+    assert metrics["tis_clipped_share"] == 0.0
+    # so the loss with the correction is the loss without it, bit for bit (float32)
+    logprobs, adv = sampler + 0.05 * torch.randn(4, 6), torch.randn(4)
+    plain, _ = grpo_loss(logprobs, sampler, None, adv, mask, int(mask.sum()), GrpoLossConfig())
+    weighted, _ = grpo_loss(
+        logprobs, sampler, None, adv[:, None] * weights, mask, int(mask.sum()), GrpoLossConfig()
+    )
+    assert torch.equal(plain, weighted)
+
+
+def test_sampler_correction_weights_are_the_ratio_truncated_at_the_cap():
+    old = _t([[-1.0, -1.0, -1.0, -5.0]])
+    sampler = _t([[-1.5, -0.5, -3.0, -5.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    weights, metrics = sampler_correction(old, sampler, mask, 3, 2.0)
+    expected = _t([[math.exp(0.5), math.exp(-0.5), 2.0, 1.0]])  # e^2 > 2: truncated
+    assert torch.allclose(weights, expected)
+    assert metrics["tis_weight_max"] == pytest.approx(2.0)  # over the masked tokens only
+    assert metrics["tis_clipped_share"] == pytest.approx(1 / 3)
+    assert metrics["tis_weight_mean"] == pytest.approx((math.exp(0.5) + math.exp(-0.5) + 2.0) / 3)
+    with pytest.raises(ValueError, match="cap"):
+        sampler_correction(old, sampler, mask, 3, 0.5)
+
+
+def test_weighting_a_tokens_advantage_weights_its_clipped_loss_alike():
+    """Every clip branch (PPO low/high, dual clip) scales with a positive weight: the correction may
+    enter as a per-token advantage."""
+    torch.manual_seed(1)
+    logprobs, old = torch.randn(6, 8, dtype=F64), torch.randn(6, 8, dtype=F64)
+    adv, mask = torch.randn(6, dtype=F64) * 2, torch.ones(6, 8, dtype=torch.bool)
+    weights = torch.rand(6, 8, dtype=F64) * 2 + 0.01
+    plain, clipped = policy_loss_terms(logprobs, old, adv, mask)
+    weighted, clipped_w = policy_loss_terms(logprobs, old, adv[:, None] * weights, mask)
+    assert torch.allclose(weighted, plain * weights) and torch.equal(clipped, clipped_w)
+    assert clipped.any() and not clipped.all()  # both branches exercised
