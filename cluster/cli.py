@@ -280,6 +280,16 @@ def _add_compare_command(sub) -> None:
     cmp.set_defaults(func=cmd_compare)
 
 
+def cmd_bench_learner_memory(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmarks.learner_memory import Setup, run
+
+    setup = Setup(args.rows, args.tokens, args.prompt_tokens, args.layers, args.chunk_tokens)
+    run(setup, Path(args.out) if args.out else None)
+    return 0
+
+
 def cmd_bench_reasoning(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -333,6 +343,17 @@ def _add_bench_commands(sub) -> None:
     sync.add_argument("--repeats", type=int, default=3, help="measured pushes per cell (after one warm-up)")
     sync.add_argument("--out", help="also write the numbers as JSON here")
     sync.set_defaults(func=cmd_bench_sync)
+    memory = bench.add_parser(
+        "learner-memory",
+        help="peak memory of a micro-batch's loss: full-vocabulary logits vs the chunked head vs + checkpointing",
+    )
+    memory.add_argument("--rows", type=int, default=4, help="rollouts in the micro-batch")
+    memory.add_argument("--tokens", type=int, default=1024, help="completion tokens per rollout")
+    memory.add_argument("--prompt-tokens", type=int, default=32, help="prompt tokens per rollout")
+    memory.add_argument("--layers", type=int, default=12, help="decoder layers (hidden size 256)")
+    memory.add_argument("--chunk-tokens", type=int, default=1024, help="learner.logprob_chunk_tokens")
+    memory.add_argument("--out", help="also write the numbers as JSON here")
+    memory.set_defaults(func=cmd_bench_learner_memory)
     reasoning = bench.add_parser(
         "reasoning", help="runs' dumped rollouts or evaluations' responses against the synthetic scenes"
     )

@@ -44,10 +44,13 @@ class ChunkedLogprobs(torch.autograd.Function):
         for start in range(0, size, chunk_tokens):
             rows = slice(start, start + chunk_tokens)
             logits = _chunk_logits(hidden[rows], weight)  # [c, V]
-            log_norm[rows] = torch.logsumexp(logits, dim=-1)  # [c]
+            top = logits.amax(dim=-1, keepdim=True)  # [c, 1]
+            probs = (logits - top).exp_()  # [c, V]: the one copy beside the logits, softmax × its sum
+            total = probs.sum(dim=-1, keepdim=True)  # [c, 1]
+            log_norm[rows] = (top + total.log())[:, 0]  # logsumexp
             logprobs[rows] = logits.gather(-1, targets[rows, None])[:, 0] - log_norm[rows]
-            probs = torch.softmax(logits, dim=-1)  # [c, V]
-            entropy[rows] = log_norm[rows] - probs.mul_(logits).sum(dim=-1)  # as grpo.entropy_from_logits
+            # entropy_from_logits: logsumexp(l) − Σ softmax(l)·l
+            entropy[rows] = log_norm[rows] - probs.div_(total).mul_(logits).sum(dim=-1)
         ctx.save_for_backward(hidden, weight, targets, log_norm)
         ctx.chunk_tokens = chunk_tokens
         ctx.mark_non_differentiable(entropy)

@@ -80,6 +80,7 @@ def run_rank(model_path, stage, rank, port, shards_file, out_file):
         gradient_checkpointing=True,
         share_prompts=True,
         kl_coef=0.0,
+        tis_cap=None,  # the synthetic rollouts have no sampler logprobs to correct toward
         weight_decay=0.0,
         lr=LR,
         warmup_steps=4,
