@@ -212,11 +212,12 @@ class Policy:
     ) -> dict[str, float]:
         """Forward + backward of every micro-batch with `objective`, one update at the boundary: after
         the last micro-batch (DeepSpeed is told, whatever its nominal accumulation steps)."""
-        fixed = self.cfg.micro_batch_tokens is None
-        if not micro_batches or (fixed and len(micro_batches) != self.micro_batches_per_step):
+        if not micro_batches:
+            raise ValueError("a step needs at least one micro-batch")
+        if self.cfg.micro_batch_tokens is None and len(micro_batches) != self.micro_batches_per_step:
             raise ValueError(
-                f"{len(micro_batches)} micro-batches, but a step runs {self.micro_batches_per_step} "
-                "(learner.micro_batch_tokens unset)"
+                f"{len(micro_batches)} micro-batches, but a step of micro_batch_size rows runs "
+                f"{self.micro_batches_per_step} (learner.micro_batch_tokens is unset)"
             )
         totals: dict[str, float] = {}
         norm = None
