@@ -3,8 +3,9 @@
 
 A plain class; the cluster layer makes it a Ray actor (one per DeepSpeed rank) at spawn time.
 Every rank gets its own shard of each mini-batch and the mini-batch's GLOBAL completion-token
-count, runs `micro_batches_per_step` micro-batches per update (the same on every rank:
-`learner.batch.micro_batches_per_step`) and takes part in every collective (updates, weight
+count, runs the same number of micro-batches per update as every other rank
+(`learner.batch.micro_batches_per_step` rows each, or with `learner.micro_batch_tokens` as many as
+the rank needing most cuts by its token budget) and takes part in every collective (updates, weight
 gathers). `combine_rank_metrics` turns the ranks' metric dicts into the iteration's.
 """
 
@@ -22,7 +23,15 @@ import torch
 
 from actors.memory import process_memory_mib
 from actors.types import ImageRef
-from learner.batch import MicroBatch, TrainRollout, collate, num_completion_tokens, split
+from learner.batch import (
+    MicroBatch,
+    TrainRollout,
+    collate,
+    num_completion_tokens,
+    split,
+    token_budget_split,
+    without_tokens,
+)
 from learner.config import LearnerConfig
 from learner.grpo import MAX_REDUCED_METRICS
 from learner.transfer import WeightSender, checkpoint_tensors, no_gather, zero3_gather
@@ -89,6 +98,7 @@ class LearnerRank:
         # the ratio's old logprobs are the sampler's ("auto" is resolved by the caller: behaviour_logprobs)
         self.old_from_engine = spec.cfg.old_logprobs == "engine"
         self.share_prompts = spec.cfg.share_prompts
+        self.micro_batch_tokens = spec.cfg.micro_batch_tokens
         self.micro_batches_per_step = spec.micro_batches_per_step
         self.image_loader = spec.image_loader
         self.processor = load_processor(spec.model_path)
@@ -164,8 +174,24 @@ class LearnerRank:
 
     def _prepare(self, shard: Sequence[TrainRollout]) -> list[MicroBatch]:
         """The shard's micro-batches with old (and reference) logprobs of the current weights."""
-        batches = self._micro_batches(shard, share_prompts=self.share_prompts)
+        if self.micro_batch_tokens is None:
+            batches = self._micro_batches(shard, share_prompts=self.share_prompts)
+        else:
+            batches = self._budget_micro_batches(shard)
         return [self._with_logprobs(batch) for batch in batches]
+
+    def _budget_micro_batches(self, shard: Sequence[TrainRollout]) -> list[MicroBatch]:
+        """The shard cut by `learner.micro_batch_tokens` into as many micro-batches as the rank that
+        needs the most (a collective), padded with micro-batches without tokens when its rollouts are
+        fewer (learner.batch.token_budget_split, without_tokens)."""
+        needed = len(token_budget_split(shard, self.micro_batch_tokens))
+        count = self.policy.common_micro_batch_count(needed)
+        parts = token_budget_split(shard, self.micro_batch_tokens, min_parts=min(count, len(shard)))
+        batches = [
+            collate(part, self.processor, self.image_loader, share_prompts=self.share_prompts)
+            for part in parts
+        ]
+        return batches + [without_tokens(batches[-1])] * (count - len(batches))
 
     def _micro_batches(self, shard: Sequence[TrainRollout], share_prompts: bool = False) -> list[MicroBatch]:
         """The shard in `micro_batches_per_step` collated parts (SFT examples do not share prompts)."""

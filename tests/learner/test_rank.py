@@ -309,3 +309,17 @@ def test_zero3_weights_have_checkpoint_names_and_reload_into_vllm(
     assert metrics["logprob_mismatch_max"] < 1e-4
     saved = {p.name for p in (tmp_path / "checkpoint").iterdir()}
     assert {"model.safetensors", "config.json", "chat_template.jinja", "tokenizer.json"} <= saved
+
+
+def test_two_zero3_ranks_with_a_token_budget_apply_exactly_the_global_token_mean_gradient(
+    model_path, rollouts, first_norm, ray_cluster
+):
+    # 150 padded tokens: two of these rollouts per micro-batch, 2 per rank where DeepSpeed was built for 1
+    cfg = LearnerConfig(zero_stage=3, micro_batch_size=4, micro_batch_tokens=150, gradient_checkpointing=True)
+    ranks = spawn_ranks(ray_cluster, model_path, cfg, 2, 1)
+    try:
+        first = train_on_ranks(ray_cluster, ranks, [rollouts[:8]])
+    finally:
+        for r in ranks:
+            ray_cluster.kill(r)
+    assert first["grad_norm"] == pytest.approx(first_norm, rel=1e-5)
