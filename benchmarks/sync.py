@@ -135,7 +135,9 @@ def _floor(tc, transport, receivers: list, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_size(size: str, engines: tuple[int, ...], bucket_mib: float, repeats: int) -> dict:
+def measure_size(
+    size: str, engines: tuple[int, ...], transports: tuple[str, ...], bucket_mib: float, repeats: int
+) -> dict:
     """Every (engines, transport) cell of one model size, and the floor per engine count."""
     from cluster.config import load_config
     from cluster.session import TrainingCluster
@@ -148,7 +150,7 @@ def measure_size(size: str, engines: tuple[int, ...], bucket_mib: float, repeats
     with TrainingCluster(cfg, str(model)) as tc:
         for n in engines:
             receivers = tc.rollout.actors[:n]
-            for kind in TRANSPORTS:
+            for kind in transports:
                 transport = make_transport(
                     kind, tc.learner, lambda r=receivers: r, 600, bucket_mib, "gloo", tc.weight_group_address
                 )
@@ -165,6 +167,16 @@ def measure_size(size: str, engines: tuple[int, ...], bucket_mib: float, repeats
     return {"cells": cells, "floors": floors, "parameters": parameters}
 
 
+def _speed(cell: Cell | None, floor: float) -> str:
+    return "– | –" if cell is None else f"{cell.push_s:.3f} | {cell.push_s / floor:.2f}"
+
+
+def _memory(cell: Cell | None) -> str:
+    if cell is None:
+        return "not run"
+    return f"{cell.learner_extra_mib:.0f} / {cell.engine_extra_mib:.0f} / {cell.actor_extra_mib:.0f}"
+
+
 def table(results: list[dict], bucket_mib: float) -> str:
     """The printed table: one row per (size, engines), both transports beside the floor."""
     lines = [
@@ -177,12 +189,10 @@ def table(results: list[dict], bucket_mib: float) -> str:
     for result in results:
         by = {(c.engines, c.transport): c for c in result["cells"]}
         for n, floor in result["floors"].items():
-            col, obj = by[(n, "collective")], by[(n, "object_store")]
+            col, obj = by[(n, "collective")], by.get((n, "object_store"))
             lines.append(
-                f"| {col.size} | {col.parameters / 1e6:.1f} M | {n} | {floor:.3f} | {col.push_s:.3f} | "
-                f"{col.push_s / floor:.2f} | {obj.push_s:.3f} | {obj.push_s / floor:.2f} | "
-                f"{col.learner_extra_mib:.0f} / {col.engine_extra_mib:.0f} / {col.actor_extra_mib:.0f} | "
-                f"{obj.learner_extra_mib:.0f} / {obj.engine_extra_mib:.0f} / {obj.actor_extra_mib:.0f} |"
+                f"| {col.size} | {col.parameters / 1e6:.1f} M | {n} | {floor:.3f} | {_speed(col, floor)} | "
+                f"{_speed(obj, floor)} | {_memory(col)} | {_memory(obj)} |"
             )
     return "\n".join(lines)
 
@@ -190,16 +200,19 @@ def table(results: list[dict], bucket_mib: float) -> str:
 def run(
     sizes: list[str],
     engines: tuple[int, ...] = ENGINES,
+    transports: tuple[str, ...] = TRANSPORTS,
     bucket_mib: float = 64,
     repeats: int = 3,
     out: Path | None = None,
 ) -> list[dict]:
-    """Measure each size in turn (smallest first) and print the table as it grows."""
+    """Measure each size in turn (smallest first) and print the table as it grows. The collective
+    transport is always measured: the floor is a broadcast over its group."""
+    transports = tuple(dict.fromkeys(("collective", *transports)))
     results = []
     for size in sizes:
         if size not in SIZES:
             raise ValueError(f"size {size!r}: use one of {', '.join(SIZES)}")
-        results.append(measure_size(size, engines, bucket_mib, repeats))
+        results.append(measure_size(size, engines, transports, bucket_mib, repeats))
         print(table(results, bucket_mib), flush=True)
         largest = results[-1]
         print(

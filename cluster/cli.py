@@ -160,7 +160,9 @@ def cmd_bench_sync(args: argparse.Namespace) -> int:
     from benchmarks.sync import run
 
     engines = tuple(int(n) for n in args.engines.split(","))
-    run(args.sizes.split(","), engines, args.bucket_mib, args.repeats, Path(args.out) if args.out else None)
+    transports = tuple(args.transports.split(","))
+    out = Path(args.out) if args.out else None
+    run(args.sizes.split(","), engines, transports, args.bucket_mib, args.repeats, out)
     return 0
 
 
@@ -339,6 +341,11 @@ def _add_bench_commands(sub) -> None:
         "--sizes", default="5m,60m,150m", help="model sizes, comma-separated (5m, 60m, 150m, 360m, 500m)"
     )
     sync.add_argument("--engines", default="1,2,4", help="engine counts, comma-separated (at most 4)")
+    sync.add_argument(
+        "--transports",
+        default="object_store,collective",
+        help="transports (collective always: the floor's group)",
+    )
     sync.add_argument("--bucket-mib", type=float, default=64, help="bucket size of the collective transport")
     sync.add_argument("--repeats", type=int, default=3, help="measured pushes per cell (after one warm-up)")
     sync.add_argument("--out", help="also write the numbers as JSON here")
