@@ -1,5 +1,6 @@
 """The EMO-R3 loop end to end on the real stack: vLLM rollout and judge engines in Ray actors,
-DeepSpeed learner ranks on gloo, weight pushes through the object store, HF checkpoints."""
+DeepSpeed learner ranks on gloo, weight pushes through the collective transport (the default), HF
+checkpoints."""
 
 from __future__ import annotations
 
