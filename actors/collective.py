@@ -53,13 +53,17 @@ def bucket_ends(
     return ends
 
 
+def bucket_spans(ends: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, end) tensor indices of each bucket, from `bucket_ends`."""
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
 def bucket_sizes(metadata: dict) -> list[int]:
     """The bytes of each bucket an update with this metadata (learner.transfer's `describe`) sends."""
     dtypes = [getattr(torch, name) for name in metadata["dtype_names"]]
-    starts = [0, *metadata["bucket_ends"][:-1]]
     return [
         layout(metadata["shapes"][start:end], dtypes[start:end])[1]
-        for start, end in zip(starts, metadata["bucket_ends"], strict=True)
+        for start, end in bucket_spans(metadata["bucket_ends"])
     ]
 
 

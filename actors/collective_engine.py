@@ -16,7 +16,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
-from actors.collective import layout
+from actors.collective import bucket_spans, layout
 
 
 @dataclass
@@ -90,10 +90,9 @@ class CollectiveWeightTransferEngine(WeightTransferEngine[CollectiveInitInfo, Co
 
         u = update_info
         dtypes = [getattr(torch, name) for name in u.dtype_names]
-        starts = [0, *u.bucket_ends[:-1]]
         received = None  # (bucket, start, end) of the bucket to load next
         with disable_mtp_completeness_check():
-            for start, end in zip(starts, u.bucket_ends, strict=True):
+            for start, end in bucket_spans(u.bucket_ends):
                 size = layout(u.shapes[start:end], dtypes[start:end])[1]
                 bucket = torch.empty(size, dtype=torch.uint8, device=self.bucket_device)
                 arriving = torch.distributed.broadcast(bucket, group=self.group, group_src=0, async_op=True)

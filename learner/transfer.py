@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actors.collective import bucket_ends, layout
+from actors.collective import bucket_ends, bucket_spans, layout
 
 # The parameters of one bucket, full on every rank while the context is open (ZeRO-3: gathered).
 Gather = Callable[[Sequence[Tensor]], AbstractContextManager]
@@ -135,8 +135,8 @@ class WeightSender:
             "shapes"
         ]:
             raise RuntimeError("the learner's parameters differ from the weight group's metadata")
-        tensors, start, in_flight = [t for _, t in named], 0, None
-        for end in meta["bucket_ends"]:
+        tensors, in_flight = [t for _, t in named], None
+        for start, end in bucket_spans(meta["bucket_ends"]):
             part = tensors[start:end]
             with self.gather(part):
                 bucket = self._pack(part) if sends else None
@@ -144,7 +144,6 @@ class WeightSender:
                 if in_flight is not None:
                     in_flight.wait()
                 in_flight = torch.distributed.broadcast(bucket, group=self.group, group_src=0, async_op=True)
-            start = end
         if in_flight is not None:
             in_flight.wait()
         if sends and self.device.type == "cuda":
