@@ -39,6 +39,20 @@ def _checksums(actors) -> list[dict[str, float]]:
     return ray.get([a.weight_checksums.remote() for a in actors], timeout=300)
 
 
+def _saved_checksums(tc, cfg, out) -> dict[str, float]:
+    """The learner's weights as an engine sees them: saved to `out`, loaded by a fresh engine."""
+    tc.save(out, optimizer=False)
+    engine = (
+        ray.remote(RolloutWorker)
+        .options(num_cpus=0.1)
+        .remote(engine_settings(cfg, str(out)), rollout_sampling(cfg), image_loader(cfg.data))
+    )
+    try:
+        return _checksums([engine])[0]
+    finally:
+        ray.kill(engine)
+
+
 def test_collective_pushes_reach_every_engine_and_the_group_reforms_after_a_replacement(
     ray_local, tmp_path, random_init_tiny_model
 ):
@@ -52,14 +66,7 @@ def test_collective_pushes_reach_every_engine_and_the_group_reforms_after_a_repl
         assert 1.0 <= trained["train/tis_weight_max"] <= cfg.learner.tis_cap
         assert 0.8 < trained["train/tis_weight_mean"] < 1.2 and 0 <= trained["train/tis_clipped_share"] < 0.05
         first = tc.push(1)
-        tc.save(tmp_path / "v1", optimizer=False)
-        learner = (
-            ray.remote(RolloutWorker)
-            .options(num_cpus=0.1)
-            .remote(engine_settings(cfg, str(tmp_path / "v1")), rollout_sampling(cfg), image_loader(cfg.data))
-        )
-        expected = _checksums([learner])[0]
-        ray.kill(learner)
+        expected = _saved_checksums(tc, cfg, tmp_path / "v1")
         assert first["timing_s/sync_group"] > 0 and first["sync/receivers"] == 3  # 2 engines + the judge
         assert all(c == expected for c in _checksums(tc.receivers())) and len(expected) > 10
 
@@ -80,14 +87,7 @@ def test_collective_pushes_reach_every_engine_and_the_group_reforms_after_a_repl
         tc.train(tc.generate_and_score(samples[4:8], 1, 3))
         store = ObjectStoreTransport(tc.learner, tc.receivers, cfg.cluster.sync_timeout_s)
         store.push(4)
-        tc.save(tmp_path / "v4", optimizer=False)
-        learner = (
-            ray.remote(RolloutWorker)
-            .options(num_cpus=0.1)
-            .remote(engine_settings(cfg, str(tmp_path / "v4")), rollout_sampling(cfg), image_loader(cfg.data))
-        )
-        expected_v4 = _checksums([learner])[0]
-        ray.kill(learner)
+        expected_v4 = _saved_checksums(tc, cfg, tmp_path / "v4")
         assert expected_v4 != expected
         assert all(c == expected_v4 for c in _checksums(tc.receivers()))
         assert tc.generate_and_score(
