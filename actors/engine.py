@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,35 @@ class Engine:
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         elapsed = (time.perf_counter() - start) / max(len(requests), 1)
         return [self._group(r, out, elapsed) for r, out in zip(requests, outputs, strict=True)]
+
+    def generate_stream(
+        self, requests: Sequence[PromptRequest], sampling: SamplingSettings
+    ) -> Iterator[Group]:
+        """As `generate`, one engine batch, but each Group is yielded the moment its last completion
+        finishes (finishing order); its `generate_s` is the time from the call to then.
+
+        The same requests and the same engine step loop as `LLM.generate` (enqueue, then step), so the
+        samples are the same; a caller that stops early leaves no request behind in the engine.
+        """
+        start = time.perf_counter()
+        prompts = [self._engine_prompt(r) for r in requests]
+        params = [self._params(sampling, r.seed) for r in requests]
+        # enqueue returns vLLM's internal ids ("<id>-<suffix>"); outputs carry the id before the suffix
+        internal = self.llm.enqueue(prompts, params, use_tqdm=False)
+        position = {request_id.rsplit("-", 1)[0]: i for i, request_id in enumerate(internal)}
+        engine = self.llm.llm_engine
+        try:
+            while position:
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError(f"the engine finished without requests {sorted(position)}")
+                for output in engine.step():
+                    if output.finished and output.request_id in position:
+                        request = requests[position.pop(output.request_id)]
+                        yield self._group(request, output, time.perf_counter() - start)
+        finally:
+            if position:  # abandoned (the caller stopped, an error): nothing left running in the engine
+                left = set(position)
+                engine.abort_request([i for i in internal if i.rsplit("-", 1)[0] in left], internal=True)
 
     def _engine_prompt(self, request: PromptRequest) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": self.render(request.user_text, request.image is not None)}

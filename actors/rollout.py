@@ -6,7 +6,7 @@ A plain class; the cluster layer makes it a Ray actor at spawn time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +32,14 @@ class RolloutWorker:
     ) -> list[Group]:
         """G completions per request (or as `sampling` says), all from `self.version`."""
         return self.engine.generate(requests, sampling or self.sampling)
+
+    def generate_stream(
+        self, requests: Sequence[PromptRequest], sampling: SamplingSettings | None = None
+    ) -> Iterator[Group]:
+        """As `generate`, each group yielded as soon as it is complete (a Ray streaming generator:
+        the caller gets a group's object ref while the rest of the batch is still being sampled)."""
+        for group in self.engine.generate_stream(requests, sampling or self.sampling):
+            yield group  # not `yield from`: Ray drives actor generators with send()
 
     def load_weights(self, version: int, buckets: list[dict[str, torch.Tensor]]) -> float:
         """Load the trained parameters (HF names, in buckets) in place; returns the seconds it took."""

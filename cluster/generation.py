@@ -1,11 +1,14 @@
-"""One iteration's generation and scoring, streamed: each chunk of groups goes to the reward pool
-as soon as it is generated (split over its workers), so reflection overlaps the rest of the
-generation. The chunk size trades that overlap for generation speed: by default (`rollout.chunk_size`
-None) every rollout worker gets one call with its share of the prompts, the fastest way to generate
-(one 16-prompt call is 1.5x faster than four 4-prompt calls on the CPU default: README, Benchmarks).
+"""One iteration's generation and scoring, streamed group by group: a rollout worker hands each group
+over the moment its G completions are done (a Ray streaming generator over the engine's step loop,
+`Engine.generate_stream`), and the driver gives the groups waiting to be scored to a reward worker as
+soon as one is idle, all of them in one call. The first group is scored while the rest generate; a
+judge that falls behind gets bigger calls (its engine batches them), so reflection overlaps
+generation without a per-group call on a busy worker. By default (`rollout.chunk_size` None) every
+rollout worker gets one generate call with its share of the prompts: one engine batch, the fastest
+way to generate.
 
-Deadlines: a generation chunk that misses `generate_timeout_s` fails the iteration (the batch cannot
-be trained short); a scoring call that raises or misses `reward.timeout_s` makes its rollouts
+Deadlines: a generate call that misses `generate_timeout_s` fails the iteration (the batch cannot be
+trained short); a scoring call that raises or misses `reward.timeout_s` makes its rollouts
 unscorable (masked and counted), never a silent 0: it is cancelled, the reward worker gives up on it
 past the same deadline, and a result that arrives late is refused.
 """
@@ -64,6 +67,13 @@ class _Pending:
     submitted: float
 
 
+@dataclass
+class _Scoring:
+    groups: list[ScoredGroup]
+    submitted: float
+    worker: int
+
+
 def generate_and_score(
     workers: Workers,
     batch: Sequence[Sample],
@@ -72,49 +82,86 @@ def generate_and_score(
     stop: StopSignal = NEVER,
 ) -> IterationRollouts:
     """Every request's group, scored. Past `reward_timeout_s` a scoring call is cancelled and its
-    rollouts are unscorable, and a result that arrives after its deadline is refused; a generation
-    chunk past `generate_timeout_s`, a dead rollout worker or a stop request raises, after cancelling
-    every call still out."""
-    rollout, reward, reward_timeout_s = workers.rollout, workers.reward, workers.reward_timeout_s
-    start = time.perf_counter()
-    size = workers.chunk_size or max(1, -(-len(requests) // len(rollout.actors)))
-    generating = {
-        rollout.submit_generate([requests[i] for i in chunk]): _Pending(chunk, start)
-        for chunk in _chunks(len(requests), size)
-    }
-    scoring: dict[ray.ObjectRef, tuple[list[ScoredGroup], float]] = {}
-    done: list[ScoredGroup] = []
-    result = IterationRollouts([])
-    try:
-        while generating or scoring:
-            stop.check()
-            ready, _ = ray.wait([*generating, *scoring], num_returns=1, timeout=1.0)
-            now = time.perf_counter()
-            for ref in ready:
-                if ref in generating:
-                    pending = generating.pop(ref)
-                    groups = [
-                        ScoredGroup(batch[i], g, [], requests[i].seed)
-                        for i, g in zip(pending.chunk, ray.get(ref), strict=True)
-                    ]
-                    for part in split(
-                        groups, min(len(groups), len(reward.actors))
-                    ):  # every reward worker busy
-                        scoring[
-                            reward.submit_score([_item(sg) for sg in part], version, reward_timeout_s)
-                        ] = (part, now)
-                    if not generating:
-                        result.generate_s = now - start
-                elif now - scoring[ref][1] <= reward_timeout_s:
-                    done += _attach(scoring.pop(ref)[0], ref, result)
-            _check_generation_deadline(generating, now, workers.generate_timeout_s)
-            done += _expire_scoring(scoring, now, reward_timeout_s, result)
-    except BaseException:
-        _cancel([*generating, *scoring])
-        raise
-    result.reward_tail_s = time.perf_counter() - start - result.generate_s
-    result.groups = sorted(done, key=lambda sg: sg.group.group_id)
-    return result
+    rollouts are unscorable, and a result that arrives after its deadline is refused; a generate call
+    past `generate_timeout_s`, a dead rollout worker or a stop request raises, after cancelling every
+    call still out."""
+    return _Streamed(workers, batch, requests, version).run(stop)
+
+
+class _Streamed:
+    """The calls of one `generate_and_score`: generate streams out, groups waiting for a reward
+    worker, scoring calls out."""
+
+    def __init__(
+        self, workers: Workers, batch: Sequence[Sample], requests: Sequence[PromptRequest], version: int
+    ):
+        self.workers, self.batch, self.requests, self.version = workers, batch, requests, version
+        self.position = {r.group_id: i for i, r in enumerate(requests)}
+        self.streams: dict[ray.ObjectRefGenerator, _Pending] = {}
+        self.waiting: list[ScoredGroup] = []  # generated, not yet given to a reward worker
+        self.scoring: dict[ray.ObjectRef, _Scoring] = {}
+        self.done: list[ScoredGroup] = []
+        self.result = IterationRollouts([])
+
+    def run(self, stop: StopSignal) -> IterationRollouts:
+        rollout, w = self.workers.rollout, self.workers
+        self.start = time.perf_counter()
+        size = w.chunk_size or max(1, -(-len(self.requests) // len(rollout.actors)))
+        for chunk in _chunks(len(self.requests), size):
+            stream = rollout.submit_stream([self.requests[i] for i in chunk])
+            self.streams[stream] = _Pending(chunk, self.start)
+        try:
+            while self.streams or self.scoring or self.waiting:
+                stop.check()
+                ready, _ = ray.wait([*self.streams, *self.scoring], num_returns=1, timeout=1.0)
+                now = time.perf_counter()
+                for ref in ready:
+                    if ref in self.streams:
+                        self._take_groups(ref, now)
+                    else:
+                        self._take_scores(ref, now)
+                _check_generation_deadline(self.streams, now, w.generate_timeout_s)
+                self.done += _expire_scoring(self.scoring, now, w.reward_timeout_s, self.result)
+                self._dispatch(now)
+        except BaseException:
+            _cancel([*self.streams, *self.scoring])
+            raise
+        self.result.reward_tail_s = time.perf_counter() - self.start - self.result.generate_s
+        self.result.groups = sorted(self.done, key=lambda sg: sg.group.group_id)
+        return self.result
+
+    def _take_groups(self, stream: ray.ObjectRefGenerator, now: float) -> None:
+        """Every group the stream has ready (a dead worker or an engine error raises here)."""
+        while ray.wait([stream], num_returns=1, timeout=0)[0]:
+            try:
+                group: Group = ray.get(next(stream))
+            except StopIteration:
+                del self.streams[stream]
+                if not self.streams:
+                    self.result.generate_s = now - self.start
+                return
+            i = self.position[group.group_id]
+            self.waiting.append(ScoredGroup(self.batch[i], group, [], self.requests[i].seed))
+
+    def _take_scores(self, ref: ray.ObjectRef, now: float) -> None:
+        call = self.scoring.pop(ref)
+        if now - call.submitted <= self.workers.reward_timeout_s:
+            self.done += _attach(call.groups, ref, self.result)
+        else:  # late: its deadline passed while it ran; _expire_scoring's verdict, one tick later
+            self.scoring[ref] = call
+
+    def _dispatch(self, now: float) -> None:
+        """The waiting groups to the idle reward workers, split evenly, one call each."""
+        reward = self.workers.reward
+        busy = {call.worker for call in self.scoring.values()}
+        idle = [i for i in range(len(reward.actors)) if i not in busy]
+        if not self.waiting or not idle:
+            return
+        for worker, part in zip(idle, split(self.waiting, min(len(self.waiting), len(idle))), strict=False):
+            items = [_item(sg) for sg in part]
+            ref = reward.submit_score(items, self.version, self.workers.reward_timeout_s, worker)
+            self.scoring[ref] = _Scoring(part, now, worker)
+        self.waiting = []
 
 
 def accuracies(sg: ScoredGroup) -> list[float]:
@@ -212,16 +259,16 @@ def _attach(groups: list[ScoredGroup], ref: ray.ObjectRef, result: IterationRoll
     return groups
 
 
-def _check_generation_deadline(generating: dict, now: float, timeout_s: float) -> None:
-    late = [p for p in generating.values() if now - p.submitted > timeout_s]
+def _check_generation_deadline(streams: dict, now: float, timeout_s: float) -> None:
+    late = [p for p in streams.values() if now - p.submitted > timeout_s]
     if late:
         raise DeadlineExceeded(
-            f"{len(late)} generation chunk(s) did not finish within rollout deadline {timeout_s:g} s "
+            f"{len(late)} generate call(s) did not finish within rollout deadline {timeout_s:g} s "
             "(cluster.generate_timeout_s); a rollout worker is stuck or far too slow"
         )
 
 
-def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
+def _cancel(refs: Sequence[ray.ObjectRef | ray.ObjectRefGenerator]) -> None:
     """Cancel calls whose results will not be used. Ray drops a call that has not reached its actor;
     one already queued or running in a (synchronous) actor is not interrupted by Ray: the reward
     worker refuses a call that starts past its deadline (rewards.worker.refuse_if_expired), so a stuck
@@ -231,18 +278,19 @@ def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
 
 
 def _expire_scoring(
-    scoring: dict, now: float, timeout_s: float, result: IterationRollouts
+    scoring: dict[ray.ObjectRef, _Scoring], now: float, timeout_s: float, result: IterationRollouts
 ) -> list[ScoredGroup]:
-    """Scoring calls past their deadline (a ready one included): cancelled, their rollouts unscorable."""
+    """Scoring calls past their deadline (a ready one included): cancelled, their rollouts unscorable;
+    their workers take calls again (a call queued behind a stuck one is refused past its own deadline)."""
     expired = []
-    for ref, (groups, submitted) in list(scoring.items()):
-        if now - submitted > timeout_s:
+    for ref, call in list(scoring.items()):
+        if now - call.submitted > timeout_s:
             del scoring[ref]
             _cancel([ref])
             result.reward_failures.append(f"scoring exceeded reward.timeout_s={timeout_s:g} s")
-            for sg in groups:
+            for sg in call.groups:
                 sg.scores = [
                     RolloutScore(None, error="reward deadline exceeded") for _ in sg.group.completions
                 ]
-            expired += groups
+            expired += call.groups
     return expired

@@ -24,8 +24,10 @@ class RolloutPool:
         self.actors = actors
         self._next = itertools.cycle(range(len(actors)))
 
-    def submit_generate(self, requests: Sequence[PromptRequest]) -> ray.ObjectRef:
-        return self.actors[next(self._next)].generate.remote(list(requests))
+    def submit_stream(self, requests: Sequence[PromptRequest]) -> ray.ObjectRefGenerator:
+        """The groups of `requests` on the next worker, each ref delivered as soon as its group is done."""
+        actor = self.actors[next(self._next)]
+        return actor.generate_stream.options(num_returns="streaming").remote(list(requests))
 
     def generate_all(
         self, requests: Sequence[PromptRequest], sampling: SamplingSettings, timeout_s: float, what: str
@@ -47,11 +49,15 @@ class RewardPool:
         self.follows_policy = follows_policy
         self._next = itertools.cycle(range(len(actors)))
 
-    def submit_score(self, items: Sequence[ScoreItem], version: int, timeout_s: float) -> ray.ObjectRef:
-        """Score `items` on the next worker, which gives up on them `timeout_s` from now."""
+    def submit_score(
+        self, items: Sequence[ScoreItem], version: int, timeout_s: float, worker: int | None = None
+    ) -> ray.ObjectRef:
+        """Score `items` on worker `worker` (None: the next one), which gives up on them `timeout_s`
+        from now."""
         expected = version if self.follows_policy else None
         deadline = time.time() + timeout_s  # wall clock: the worker may be on another node
-        return self.actors[next(self._next)].score.remote(list(items), expected, deadline)
+        actor = self.actors[next(self._next) if worker is None else worker]
+        return actor.score.remote(list(items), expected, deadline)
 
     def versions(self, timeout_s: float) -> list[int | None]:
         return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "judge versions")

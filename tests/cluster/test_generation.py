@@ -25,32 +25,44 @@ LABELS = ("fear", "joy")
 
 
 class FakeRollout:
-    def __init__(self, delay_s: float = 0.0):
+    """`delay_s` before the first group; `gap_s` between groups (the real engine's finishing times)."""
+
+    def __init__(self, delay_s: float = 0.0, gap_s: float = 0.0):
         self.delay_s = delay_s
+        self.gap_s = gap_s
         self.calls: list[list[int]] = []
 
     def generate(self, requests, sampling=None):
+        return list(self.generate_stream(requests, sampling))
+
+    def generate_stream(self, requests, sampling=None):
         self.calls.append([r.group_id for r in requests])
         time.sleep(self.delay_s)
         text = "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{fear}"
-        return [
-            Group(r.group_id, 0, [1, 2], [Completion([5, 6], [-0.1, -0.2], text, "stop")] * 2)
-            for r in requests
-        ]
+        for i, r in enumerate(requests):
+            if i:
+                time.sleep(self.gap_s)
+            yield Group(r.group_id, 0, [1, 2], [Completion([5, 6], [-0.1, -0.2], text, "stop")] * 2)
 
     def generate_calls(self):
         return self.calls
 
 
 class FakeReward:
-    def __init__(self, mode: str, hang_s: float = 60.0):
+    """`mode` ok / raise / hang; `per_group_s`: the judge's seconds per group of a call."""
+
+    def __init__(self, mode: str, hang_s: float = 60.0, per_group_s: float = 0.0):
         self.mode = mode
         self.hang_s = hang_s
+        self.per_group_s = per_group_s
         self.items: list[int] = []
+        self.started: list[float] = []
 
     def score(self, items, expected_version, deadline=None):
         refuse_if_expired(deadline)  # as the real worker does
         self.items.append(len(items))
+        self.started.append(time.time())
+        time.sleep(self.per_group_s * len(items))
         if self.mode == "raise":
             raise RuntimeError("judge engine died")
         if self.mode == "hang":
@@ -59,6 +71,9 @@ class FakeReward:
 
     def scored(self):
         return self.items
+
+    def starts(self):
+        return self.started
 
 
 @pytest.fixture
@@ -113,7 +128,7 @@ def test_expired_scoring_calls_are_cancelled_so_a_stuck_worker_runs_no_backlog(l
     reward = ray.remote(FakeReward).remote("hang", hang_s=10.0)
     result = _run(ray.remote(FakeRollout).remote(), reward, reward_timeout_s=2.0, chunk_size=2, prompts=4)
     assert all(s.rewards is None for sg in result.groups for s in sg.scores)
-    assert ray.get(reward.scored.remote(), timeout=60) == [2]  # the first call only
+    assert len(ray.get(reward.scored.remote(), timeout=60)) == 1  # the first call only
 
 
 def test_a_stop_request_cancels_every_outstanding_call_and_raises(local_ray):
@@ -158,11 +173,25 @@ def test_by_default_each_rollout_worker_gets_one_call_and_every_reward_worker_a_
     result = _run(rollouts, rewards, chunk_size=None, prompts=6)
     assert [sg.group.group_id for sg in result.groups] == list(range(6))
     assert ray.get([r.generate_calls.remote() for r in rollouts]) == [[[0, 1, 2]], [[3, 4, 5]]]
-    # each worker's 3 groups go out as 3 calls of one group: 6 calls, 2 per reward worker
+    # every group scored once, whichever reward worker was idle when it came
     scored = ray.get([r.scored.remote() for r in rewards])
-    assert sorted(n for calls in scored for n in calls) == [1] * 6 and all(
-        len(calls) == 2 for calls in scored
-    )
+    assert sum(n for calls in scored for n in calls) == 6
+
+
+def test_each_group_is_scored_while_later_ones_generate_and_a_busy_judge_gets_them_together(local_ray):
+    # one generate call, a group every 0.5 s; the judge takes 0.8 s per group
+    rollout = ray.remote(FakeRollout).remote(gap_s=0.5)
+    reward = ray.remote(FakeReward).remote("ok", per_group_s=0.8)
+    ray.get([rollout.generate_calls.remote(), reward.scored.remote()])  # both actors up
+    start = time.time()
+    result = _run(rollout, reward, chunk_size=None, prompts=6)
+    assert [sg.group.group_id for sg in result.groups] == list(range(6))
+    calls, starts = ray.get([reward.scored.remote(), reward.starts.remote()])
+    assert sum(calls) == 6 and calls[0] == 1  # the first group alone, at once
+    assert starts[0] - start < 1.5 < result.generate_s  # scored while the other five generated
+    assert max(calls) > 1  # the groups that came while the judge was busy went in one call
+    # the tail after the last group is the judge's last call, not the whole batch's scoring
+    assert result.reward_tail_s < 0.8 * 6
 
 
 def test_an_explicit_chunk_size_cuts_the_prompts_into_calls_of_that_size(local_ray):
@@ -203,6 +232,10 @@ class ScriptedRollout:
     def __init__(self, script: dict[tuple[int, int], tuple[str, ...]]):
         self.script = script
         self.calls: list[list[tuple[int, int]]] = []
+
+    def generate_stream(self, requests, sampling=None):
+        for group in self.generate(requests, sampling):  # Ray sends into generators: no yield from
+            yield group
 
     def generate(self, requests, sampling=None):
         keys = [(r.group_id, _round_of(r)) for r in requests]
