@@ -38,8 +38,7 @@ class RolloutWorker:
     ) -> Iterator[Group]:
         """As `generate`, each group yielded as soon as it is complete (a Ray streaming generator:
         the caller gets a group's object ref while the rest of the batch is still being sampled)."""
-        for group in self.engine.generate_stream(requests, sampling or self.sampling):
-            yield group  # not `yield from`: Ray drives actor generators with send()
+        yield from self.engine.generate_stream(requests, sampling or self.sampling)
 
     def load_weights(self, version: int, buckets: list[dict[str, torch.Tensor]]) -> float:
         """Load the trained parameters (HF names, in buckets) in place; returns the seconds it took."""

@@ -234,8 +234,8 @@ class ScriptedRollout:
         self.calls: list[list[tuple[int, int]]] = []
 
     def generate_stream(self, requests, sampling=None):
-        for group in self.generate(requests, sampling):  # Ray sends into generators: no yield from
-            yield group
+        # a generator, not a list iterator: Ray drives actor generators with send()
+        yield from (group for group in self.generate(requests, sampling))
 
     def generate(self, requests, sampling=None):
         keys = [(r.group_id, _round_of(r)) for r in requests]
