@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from actors.config import RolloutConfig
+from actors.cpu import pin_from_env
 from actors.types import IMAGE_PAD, Completion, Group, ImageRef, PromptRequest, SamplingSettings
 
 
@@ -73,6 +74,7 @@ class Engine:
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             quiet_cpu_worker_logs()
+            pin_from_env()  # this role's cores (cluster.cpu_affinity), before the engine process starts
         from vllm import LLM
 
         from actors.vision_ban import BAN_VISION_TOKENS

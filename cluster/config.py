@@ -251,6 +251,20 @@ class ClusterConfig(BaseModel):
         gt=0,
         description="bucket size of a weight push (MiB): the extra memory a push needs on either side",
     )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="k: how many policy versions the rollouts may trail the learner. 0: the synchronous loop "
+        "(generate, score, train, push, one after another). k >= 1: the next iterations' rollouts are generated and "
+        "scored while the learner trains; a rollout more than k versions behind the policy it trains is never used; "
+        "the loss corrects for the sampler with truncated importance sampling (learner.tis_cap)",
+    )
+    cpu_affinity: dict[Literal["rollout", "reward", "learner"], str] = Field(
+        default_factory=dict,
+        description='CPU runs: the cores each role\'s processes run on, as Linux cpu lists (rollout: "0", learner: '
+        '"1-3"), so that roles do not take each other\'s cores, as they own their GPUs on a cluster; threads follow '
+        "the core count. Unset roles run anywhere",
+    )
     tensorboard: bool = Field(True, description="write TensorBoard logs beside metrics.jsonl")
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     worker_logs: bool = Field(
@@ -291,12 +305,14 @@ class RunConfig(BaseModel):
 
     def behaviour_logprobs(self) -> Literal["learner", "engine"]:
         """learner.old_logprobs with "auto" resolved: the sampler's logprobs serve as the ratio's old
-        logprobs only where engine and learner both compute in float32 (their logprobs agree to ~1e-5)."""
+        logprobs only where engine and learner both compute in float32 (their logprobs agree to ~1e-5) and
+        the rollouts are the learner's own version (max_staleness 0); asynchronous, the learner's current
+        weights are the ratio's old policy and truncated IS corrects toward the sampler."""
         choice = self.learner.old_logprobs
         if choice != "auto":
             return choice
         exact = self.rollout.dtype == self.learner.dtype == "float32"
-        return "engine" if exact else "learner"
+        return "engine" if exact and self.cluster.max_staleness == 0 else "learner"
 
 
 def cross_section_problems(cfg: RunConfig) -> list[str]:
@@ -307,6 +323,8 @@ def cross_section_problems(cfg: RunConfig) -> list[str]:
         *_engine_gpu_problems(cfg),
         *_nccl_problems(cfg),
         *_reward_problems(cfg),
+        *_async_problems(cfg),
+        *_cpu_affinity_problems(cfg),
     ]
 
 
@@ -393,6 +411,37 @@ def _nccl_problems(cfg: RunConfig) -> list[str]:
                 f"cluster.weight_group_backend=nccl but {', '.join(shared)}: NCCL cannot put two ranks of the weight "
                 "group on one GPU; give them whole GPUs or set cluster.weight_group_backend=auto (gloo)"
             )
+    return problems
+
+
+def _async_problems(cfg: RunConfig) -> list[str]:
+    """The asynchronous mode's loss: the learner's own old logprobs, and the sampler correction on."""
+    k = cfg.cluster.max_staleness
+    if k == 0:
+        return []
+    problems = []
+    if cfg.learner.old_logprobs == "engine":
+        problems.append(
+            f"cluster.max_staleness={k} with learner.old_logprobs=engine: rollouts up to {k} versions old would "
+            "make the sampler the ratio's old policy; use learner (or auto)"
+        )
+    if cfg.learner.tis_cap is None:
+        problems.append(
+            f"cluster.max_staleness={k} with learner.tis_cap=null: the asynchronous mode corrects for the sampler "
+            "with truncated importance sampling; set a cap (2 is veRL's default)"
+        )
+    return problems
+
+
+def _cpu_affinity_problems(cfg: RunConfig) -> list[str]:
+    from actors.cpu import parse_cpu_list
+
+    problems = []
+    for role, cores in cfg.cluster.cpu_affinity.items():
+        try:
+            parse_cpu_list(cores)
+        except ValueError as err:
+            problems.append(f"cluster.cpu_affinity.{role}: {err}")
     return problems
 
 

@@ -275,12 +275,20 @@ class Evaluator:
         metrics["timing_s/eval"] = time.perf_counter() - start
         return metrics
 
+    def due(self, iteration: int) -> bool:
+        """An evaluation comes before iteration `iteration`'s update (a multiple of eval_every)."""
+        return bool(self.every) and iteration % self.every == 0
+
+    def final_due(self, version: int) -> bool:
+        """An evaluation comes after the last iteration: on, and that version not just evaluated."""
+        return bool(self.every) and self.last_version != version
+
     def maybe_run(self, iteration: int, version: int) -> dict[str, float]:
         """Before iteration `iteration`'s update, when it is a multiple of eval_every."""
-        return self.run(version) if self.every and iteration % self.every == 0 else {}
+        return self.run(version) if self.due(iteration) else {}
 
     def final(self, iterations: int, version: int) -> dict[str, float]:
         """After the last iteration, unless that version was just evaluated."""
-        if not self.every or self.last_version == version:
+        if not self.final_due(version):
             return {}
         return {"policy_version": float(version)} | self.run(version)

@@ -57,10 +57,18 @@ class Role:
 class Placement:
     """One placement group with a bundle per actor, reserved before any actor starts."""
 
-    def __init__(self, roles: Sequence[Role], timeout_s: float, env: dict[str, str] | None = None):
-        """`env`: environment variables of every actor (merged into a submitted job's runtime env)."""
+    def __init__(
+        self,
+        roles: Sequence[Role],
+        timeout_s: float,
+        env: dict[str, str] | None = None,
+        role_env: dict[str, dict[str, str]] | None = None,
+    ):
+        """`env`: environment variables of every actor (merged into a submitted job's runtime env);
+        `role_env`: more for the actors of one role."""
         self.roles = list(roles)
         self.env = env or {}
+        self.role_env = role_env or {}
         self.spawned = 0  # actors started in this placement: each gets a name of its own
         bundles = [self._bundle(r) for r in self.roles for _ in range(r.count)]
         self.group: PlacementGroup = placement_group(bundles, strategy="PACK")
@@ -97,7 +105,7 @@ class Placement:
                 num_gpus=role.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + index),
                 name=f"emo-r3-{role_name}-{index}-{id(self.group):x}-{self.spawned}",
-                runtime_env={"env_vars": self.env},
+                runtime_env={"env_vars": self.env | self.role_env.get(role_name, {})},
             )
             .remote(*args)
         )

@@ -1,9 +1,14 @@
 """Where a run stands between iterations: the data stream, the replay buffer, the policy version, and
-the last point a checkpoint can resume exactly from."""
+the last point a checkpoint can resume exactly from.
+
+The data side runs ahead of the learner in the asynchronous mode (the next iterations' prompts are
+drawn while the learner trains): `draw` keeps the data state from before each batch, so the point
+after iteration i resumes by drawing iteration i+1's batch again, the same prompts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cluster.checkpoints import data_digest
@@ -24,6 +29,7 @@ class RunState:
     iteration: int = 0
     version: int = 0
     resumable: dict[str, Any] | None = None
+    drawn: dict[int, dict[str, Any]] = field(default_factory=dict)  # iteration → data state before its batch
 
     @classmethod
     def start(cls, cfg: RunConfig, samples: list[Sample], saved: dict[str, Any] | None = None) -> RunState:
@@ -43,12 +49,21 @@ class RunState:
         """Iteration `iteration` starts: the exact point before it is resumable; its prompts (next_batch)."""
         self.iteration = iteration
         self.mark_resumable()
+        return self.draw(iteration)
+
+    def draw(self, iteration: int) -> tuple[list[Sample], int]:
+        """Iteration `iteration`'s prompts and how many are replayed; the data state before them is kept
+        for the resumable point before that iteration."""
+        self.drawn[iteration] = self._data_state()
         return next_batch(self.stream, self.replay, iteration)
 
     def observe(self, rollouts: IterationRollouts) -> None:
-        """The iteration's groups are scored: the replay buffer learns them; the learner is about to move."""
+        """The iteration's groups are scored: the replay buffer learns them."""
         if self.replay.share:
             self.replay.update((sg.sample.sample_id, accuracies(sg)) for sg in rollouts.groups)
+
+    def training(self) -> None:
+        """The learner is about to move: no exact point until the iteration ends."""
         self.resumable = None
 
     def trained(self) -> int:
@@ -62,13 +77,18 @@ class RunState:
         self.mark_resumable()
 
     def mark_resumable(self) -> None:
+        """The trainer state of the point before `self.iteration` (its batch drawn already or not)."""
+        data = self.drawn.get(self.iteration) or self._data_state()
+        self.drawn = {i: d for i, d in self.drawn.items() if i > self.iteration}
         self.resumable = {
             "next_iteration": self.iteration,
             "version": self.version,
-            "stream": asdict(self.stream.state),
-            "replay": self.replay.state(),
+            **data,
             "data": data_digest(self.stream.items),
         }
+
+    def _data_state(self) -> dict[str, Any]:
+        return {"stream": asdict(self.stream.state), "replay": self.replay.state()}
 
 
 def next_batch(

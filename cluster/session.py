@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ray
 
+from actors.cpu import CORES_ENV
 from actors.rollout import RolloutWorker
 from cluster.batching import train_shards
 from cluster.config import RunConfig, weight_group_backend
@@ -74,7 +75,12 @@ class TrainingCluster:
         self.cfg = cfg
         self.on_gpu = any(role.num_gpus > 0 for role in roles(cfg))
         self.owns_ray = start_ray(cfg, self.on_gpu)
-        self.placement = Placement(roles(cfg), cfg.cluster.startup_timeout_s, worker_env(cfg, self.on_gpu))
+        self.placement = Placement(
+            roles(cfg),
+            cfg.cluster.startup_timeout_s,
+            worker_env(cfg, self.on_gpu),
+            {role: {CORES_ENV: cores} for role, cores in cfg.cluster.cpu_affinity.items()},
+        )
         loader = image_loader(cfg.data)
         self.rollout = RolloutPool(
             self.placement.spawn(

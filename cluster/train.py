@@ -1,4 +1,5 @@
-"""`emo-r3 train`: the EMO-R3 iteration loop (DESIGN.md, synchronous mode).
+"""`emo-r3 train`: the EMO-R3 iteration loop (DESIGN.md), synchronous; cluster.pipeline runs the
+asynchronous mode (cluster.max_staleness >= 1) with the same phases and helpers.
 
 Read `train_loop` to understand the system: each phase of an iteration is one call on a typed handle
 (cluster.session.TrainingCluster); where the run stands between iterations is a RunState.
@@ -46,7 +47,12 @@ class RunOutput:
 def train_loop(
     cfg: RunConfig, tc: TrainingCluster, state: RunState, out: RunOutput, stop: StopSignal = NEVER
 ) -> list[dict]:
-    """Iterations `state.iteration` .. cluster.iterations-1, then the final evaluation; their metrics."""
+    """Iterations `state.iteration` .. cluster.iterations-1, then the final evaluation; their metrics.
+    With cluster.max_staleness >= 1 the asynchronous loop (cluster.pipeline) runs them instead."""
+    if cfg.cluster.max_staleness:
+        from cluster.pipeline import AsyncLoop  # it builds on this module's helpers
+
+        return AsyncLoop(cfg, tc, state, out, stop).run()
     evaluator = Evaluator(cfg, tc)
     history = []
     for iteration in range(state.iteration, cfg.cluster.iterations):
@@ -56,6 +62,7 @@ def train_loop(
         rollouts = clock.lap("rollouts", tc.generate_and_score(batch, iteration, state.version, stop))
         check_scorable(rollouts, cfg.cluster.max_unscorable_rate, iteration)
         state.observe(rollouts)
+        state.training()
         train_metrics = clock.lap("train", tc.train(rollouts))
         sync_metrics = clock.lap("sync", tc.push(state.trained()))
         metrics = (
@@ -120,6 +127,7 @@ def iteration_metrics(
         "timing_s/sync": clock.laps["sync"],
         "timing_s/iteration": clock.total,
         "throughput/rollout_tokens_per_s": tokens / max(rollouts.generate_s, 1e-9),
+        "throughput/trained_tokens_per_s": tokens / max(clock.total, 1e-9),
     }
     if state.replay.share:
         metrics |= {"replay/prompts": float(replayed), "replay/buffer": float(len(state.replay.accuracy))}

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from actors.cpu import pin_from_env
 from actors.memory import process_memory_mib
 from actors.types import ImageRef
 from learner.batch import (
@@ -92,6 +93,7 @@ class LearnerRank:
 
     def __init__(self, spec: RankSpec):
         set_distributed_env(spec.rank, spec.world_size, spec.master_addr, spec.master_port)
+        pin_from_env()  # this role's cores on a CPU run (cluster.cpu_affinity)
         from learner.policy import Policy, load_processor
 
         self.rank = spec.rank
