@@ -1,14 +1,18 @@
 """`emo-r3 bench loop`: the training loop's costs on the embedded default, measured side by side.
 
-Prints (and writes as JSON) five measurements, each comparison made in one run on this machine:
-1. per-stage seconds of a short training run (generate, reward tail, train, sync);
-2. rollout tokens/s of a rollout worker (Ray actor + engine wrapper) vs raw `vllm.LLM.generate` on
-   the same prompts and sampling settings (ratio);
-3. iteration time with the Reflective Emotional Reward vs without (ratio);
-4. iteration time with 4-prompt generate calls vs one call per rollout worker (ratio);
-5. train time with full-sequence forwards vs each distinct prompt run once (`learner.share_prompts`, ratio);
-6. weight push time to 1, 2 and 4 engines;
-plus the peak system memory in use (MemTotal − MemAvailable) while it ran.
+Prints (and writes as JSON) the measurements of the sections asked for (`--sections`, default all),
+each comparison made in one run on this machine:
+- stages: per-stage seconds of short training runs with each role on cores of its own (rollout
+  engine core 0, judge engine core 1, learner both, as each role owns its GPUs on a cluster): with
+  the Reflective Emotional Reward vs without (streaming target: within 1.10x), and full-sequence
+  forwards vs each distinct prompt once (`learner.share_prompts`);
+- async: trained tokens per second of the synchronous loop vs `cluster.max_staleness` 1 and 2, the
+  producers (rollout + judge engines) on core 0 and the learner on core 1 (target: k = 1 at least
+  1.5x the synchronous throughput);
+- raw: rollout tokens/s of a rollout worker (Ray actor + engine wrapper) vs raw `vllm.LLM.generate`
+  on the same prompts and sampling settings;
+- push: weight push time to 1, 2 and 4 engines through the object store;
+plus the peak system memory in use (MemTotal - MemAvailable) while it ran.
 """
 
 from __future__ import annotations
@@ -66,22 +70,44 @@ def _loop(cfg: RunConfig, iterations: int) -> list[dict]:
     return history[1:]
 
 
-# The loop's variants, each on a fresh cluster, each compared with the first: the reflection ratio
-# with the second; the chunking ratio with the third (four-prompt generate calls stream groups to the
-# reward pool sooner; one call per rollout worker, the default, generates faster); the prompt-sharing
-# ratio, of the train stage, with the fourth (every rollout's prompt run in its own sequence).
+# Each role on cores of its own, as on a cluster where each owns its GPUs (a 2-core machine: the two
+# engines one core each, the learner, which runs alone in the synchronous loop, both).
+OWN_CORES = [
+    "cluster.cpu_affinity.rollout=0",
+    "cluster.cpu_affinity.reward=1",
+    "cluster.cpu_affinity.learner=0-1",
+]
+# The asynchronous comparison: production (rollout + judge engines) on core 0, the learner on core 1.
+SPLIT_CORES = [
+    "cluster.cpu_affinity.rollout=0",
+    "cluster.cpu_affinity.reward=0",
+    "cluster.cpu_affinity.learner=1",
+]
+
+# The stage variants, each on a fresh cluster: the reflection ratio compares the first with the
+# second; the prompt-sharing ratio, of the train stage, the third with the first (every rollout's
+# prompt run in its own sequence).
 VARIANTS = {
-    "with_reflection": ["reward.reflection=true"],
-    "without_reflection": ["reward.reflection=false"],
-    "chunks_of_4": ["reward.reflection=true", "rollout.chunk_size=4"],
-    "full_prompts": ["reward.reflection=true", "learner.share_prompts=false"],
+    "with_reflection": [*OWN_CORES, "reward.reflection=true"],
+    "without_reflection": [*OWN_CORES, "reward.reflection=false"],
+    "full_prompts": [*OWN_CORES, "reward.reflection=true", "learner.share_prompts=false"],
 }
+ASYNC_VARIANTS = {
+    "synchronous": [*SPLIT_CORES, "cluster.max_staleness=0"],
+    "max_staleness_1": [*SPLIT_CORES, "cluster.max_staleness=1"],
+    "max_staleness_2": [*SPLIT_CORES, "cluster.max_staleness=2"],
+}
+REFLECTION_TARGET = 1.10
+ASYNC_TARGET = 1.5
+SECTIONS = ("stages", "async", "raw", "push")
 
 
-def stage_times(overrides: list[str], iterations: int) -> dict[str, dict[str, float]]:
-    """Mean per-stage seconds of each of VARIANTS."""
+def _variant_runs(
+    variants: dict[str, list[str]], overrides: list[str], iterations: int
+) -> dict[str, list[dict]]:
+    """Each variant's measured iterations (after one warm-up), each on a fresh cluster."""
     out = {}
-    for name, variant in VARIANTS.items():
+    for name, variant in variants.items():
         cfg = load_config(
             None,
             [
@@ -92,9 +118,32 @@ def stage_times(overrides: list[str], iterations: int) -> dict[str, dict[str, fl
                 f"cluster.run_name=bench-{name}",
             ],
         )
-        history = _loop(cfg, iterations)
+        out[name] = _loop(cfg, iterations)
+    return out
+
+
+def stage_times(overrides: list[str], iterations: int) -> dict[str, dict[str, float]]:
+    """Mean per-stage seconds of each of VARIANTS."""
+    out = {}
+    for name, history in _variant_runs(VARIANTS, overrides, iterations).items():
         keys = [k for k in history[0] if k.startswith("timing_s/") or k == "throughput/rollout_tokens_per_s"]
         out[name] = {k: statistics.fmean(m[k] for m in history) for k in keys}
+    return out
+
+
+def async_throughput(overrides: list[str], iterations: int) -> dict[str, dict[str, float]]:
+    """Wall time and trained tokens/s of the measured iterations of each of ASYNC_VARIANTS."""
+    out = {}
+    for name, history in _variant_runs(ASYNC_VARIANTS, overrides, iterations).items():
+        wall = sum(m["timing_s/iteration"] for m in history)
+        tokens = sum(m["throughput/trained_tokens_per_s"] * m["timing_s/iteration"] for m in history)
+        out[name] = {
+            "wall_s": wall,
+            "trained_tokens_per_s": tokens / wall,
+            "timing_s/train": statistics.fmean(m["timing_s/train"] for m in history),
+            "timing_s/wait_rollouts": statistics.fmean(m.get("timing_s/wait_rollouts", 0.0) for m in history),
+            "staleness_mean": statistics.fmean(m.get("async/staleness_mean", 0.0) for m in history),
+        }
     return out
 
 
@@ -157,20 +206,26 @@ def push_times(overrides: list[str], repeats: int = 3) -> dict[str, float]:
     return out
 
 
-def run(overrides: list[str], iterations: int, out: Path | None) -> dict:
+def run(
+    overrides: list[str], iterations: int, out: Path | None, sections: tuple[str, ...] = SECTIONS
+) -> dict:
     memory = PeakMemory()
     started = time.perf_counter()
-    result = {
-        "stages": stage_times(overrides, iterations),
-        "rollout_vs_raw_vllm": rollout_vs_raw(overrides),
-        "weight_push_s": push_times(overrides),
-    }
-    s = result["stages"]
-    iteration_s = {name: stages["timing_s/iteration"] for name, stages in s.items()}
-    result["reflection_ratio"] = iteration_s["with_reflection"] / iteration_s["without_reflection"]
-    result["chunking_ratio"] = iteration_s["chunks_of_4"] / iteration_s["with_reflection"]
-    train_s = {name: stages["timing_s/train"] for name, stages in s.items()}
-    result["prompt_sharing_ratio"] = train_s["full_prompts"] / train_s["with_reflection"]
+    result: dict = {}
+    if "stages" in sections:
+        s = result["stages"] = stage_times(overrides, iterations)
+        iteration_s = {name: stages["timing_s/iteration"] for name, stages in s.items()}
+        result["reflection_ratio"] = iteration_s["with_reflection"] / iteration_s["without_reflection"]
+        train_s = {name: stages["timing_s/train"] for name, stages in s.items()}
+        result["prompt_sharing_ratio"] = train_s["full_prompts"] / train_s["with_reflection"]
+    if "async" in sections:
+        a = result["async"] = async_throughput(overrides, iterations)
+        base = a["synchronous"]["trained_tokens_per_s"]
+        result["async_ratios"] = {name: v["trained_tokens_per_s"] / base for name, v in a.items()}
+    if "raw" in sections:
+        result["rollout_vs_raw_vllm"] = rollout_vs_raw(overrides)
+    if "push" in sections:
+        result["weight_push_s"] = push_times(overrides)
     result["peak_memory_gb"] = memory.stop()
     result["wall_s"] = time.perf_counter() - started
     print(format_result(result))
@@ -179,22 +234,49 @@ def run(overrides: list[str], iterations: int, out: Path | None) -> dict:
     return result
 
 
-def format_result(r: dict) -> str:
-    s, raw, push = r["stages"], r["rollout_vs_raw_vllm"], r["weight_push_s"]
+def _table(columns: dict[str, dict[str, float]], header: str) -> list[str]:
+    first = next(iter(columns.values()))
     lines = [
-        "| stage (s, mean per iteration) | " + " | ".join(name.replace("_", " ") for name in s) + " |",
-        "|---|" + "---|" * len(s),
+        f"| {header} | " + " | ".join(n.replace("_", " ") for n in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
-    for key in s["with_reflection"]:
-        lines.append(f"| {key} | " + " | ".join(f"{stages[key]:.2f}" for stages in s.values()) + " |")
-    lines += [
-        "",
-        f"iteration time, with / without reflection: {r['reflection_ratio']:.2f}x",
-        f"iteration time, 4-prompt generate calls / one call per rollout worker: {r['chunking_ratio']:.2f}x",
-        f"train time, full-sequence forwards / each distinct prompt once: {r['prompt_sharing_ratio']:.2f}x",
-        f"rollout worker {raw['worker_tokens_per_s']:.0f} tok/s vs raw vllm.LLM.generate {raw['raw_tokens_per_s']:.0f} "
-        f"tok/s: ratio {raw['ratio']:.2f}",
-        "weight push: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in push.items()),
-        f"peak system memory in use: {r['peak_memory_gb']:.1f} GB; benchmark wall time {r['wall_s']:.0f} s",
-    ]
+    for key in first:
+        lines.append(f"| {key} | " + " | ".join(f"{c[key]:.2f}" for c in columns.values()) + " |")
+    return lines
+
+
+def format_result(r: dict) -> str:
+    lines: list[str] = []
+    if "stages" in r:
+        lines += _table(r["stages"], "stage (s, mean per iteration)") + [
+            "",
+            f"iteration time, with / without reflection: {r['reflection_ratio']:.2f}x "
+            f"(target <= {REFLECTION_TARGET:.2f}x: {'met' if r['reflection_ratio'] <= REFLECTION_TARGET else 'NOT met'})",
+            f"train time, full-sequence forwards / each distinct prompt once: {r['prompt_sharing_ratio']:.2f}x",
+            "",
+        ]
+    if "async" in r:
+        lines += _table(r["async"], "asynchronous mode (measured iterations)") + [""]
+        for name, ratio in r["async_ratios"].items():
+            if name != "synchronous":
+                verdict = f" (target >= {ASYNC_TARGET:.1f}x: {'met' if ratio >= ASYNC_TARGET else 'NOT met'})"
+                lines.append(
+                    f"trained tokens/s, {name.replace('_', ' ')} / synchronous: {ratio:.2f}x"
+                    + (verdict if name == "max_staleness_1" else "")
+                )
+        lines.append("")
+    if "rollout_vs_raw_vllm" in r:
+        raw = r["rollout_vs_raw_vllm"]
+        lines.append(
+            f"rollout worker {raw['worker_tokens_per_s']:.0f} tok/s vs raw vllm.LLM.generate "
+            f"{raw['raw_tokens_per_s']:.0f} tok/s: ratio {raw['ratio']:.2f}"
+        )
+    if "weight_push_s" in r:
+        lines.append(
+            "weight push: "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in r["weight_push_s"].items())
+        )
+    lines.append(
+        f"peak system memory in use: {r['peak_memory_gb']:.1f} GB; benchmark wall time {r['wall_s']:.0f} s"
+    )
     return "\n".join(lines)

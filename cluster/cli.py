@@ -128,10 +128,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench_loop(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from benchmarks.loop import run
+    from benchmarks.loop import SECTIONS, run
 
     load_config(None, args.overrides)  # fail fast on a bad override
-    run(args.overrides, args.iterations, Path(args.out) if args.out else None)
+    sections = tuple(args.sections.split(","))
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"bench loop --sections: unknown {sorted(unknown)}; choose from {','.join(SECTIONS)}"
+        )
+    run(args.overrides, args.iterations, Path(args.out) if args.out else None, sections)
     return 0
 
 
@@ -306,13 +312,16 @@ def _add_bench_commands(sub) -> None:
         dest="action", required=True
     )
     loop = bench.add_parser(
-        "loop", help="stage times, worker vs raw vLLM, reflection cost, weight push vs engines"
+        "loop", help="stage times, reflection cost, asynchronous throughput, worker vs raw vLLM, weight push"
     )
     loop.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every measured run"
     )
     loop.add_argument(
         "--iterations", type=int, default=3, help="measured iterations per run (after one warm-up)"
+    )
+    loop.add_argument(
+        "--sections", default="stages,async,raw,push", help="which measurements: stages,async,raw,push"
     )
     loop.add_argument("--out", help="also write the numbers as JSON here")
     loop.set_defaults(func=cmd_bench_loop)

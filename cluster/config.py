@@ -266,6 +266,13 @@ class ClusterConfig(BaseModel):
         "the core count. Unset roles run anywhere",
     )
     tensorboard: bool = Field(True, description="write TensorBoard logs beside metrics.jsonl")
+
+    @field_validator("cpu_affinity", mode="before")
+    @classmethod
+    def _cores_as_text(cls, value: Any) -> Any:
+        """A single core given as a number (`cluster.cpu_affinity.rollout=0` reads as an int)."""
+        return {k: str(v) for k, v in value.items()} if isinstance(value, dict) else value
+
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     worker_logs: bool = Field(
         False,

@@ -209,3 +209,27 @@ def test_the_weight_groups_backend_is_nccl_only_when_every_member_holds_whole_gp
 def test_nccl_is_refused_where_two_of_its_ranks_would_share_a_gpu(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [REMOTE, *overrides])
+
+
+def test_the_asynchronous_mode_takes_the_learners_old_logprobs_and_needs_the_sampler_correction():
+    assert load_config(None, []).behaviour_logprobs() == "engine"  # float32, synchronous
+    assert load_config(None, ["cluster.max_staleness=1"]).behaviour_logprobs() == "learner"
+    with pytest.raises(ConfigError, match="old_logprobs=engine"):
+        load_config(None, ["cluster.max_staleness=1", "learner.old_logprobs=engine"])
+    with pytest.raises(ConfigError, match="tis_cap=null"):
+        load_config(None, ["cluster.max_staleness=2", "learner.tis_cap=null"])
+    with pytest.raises(ConfigError, match="max_staleness"):
+        load_config(None, ["cluster.max_staleness=-1"])
+
+
+def test_cpu_affinity_takes_linux_cpu_lists_per_role():
+    from actors.cpu import parse_cpu_list
+
+    cfg = load_config(None, ["cluster.cpu_affinity.rollout=0", "cluster.cpu_affinity.learner=1-3"])
+    assert cfg.cluster.cpu_affinity == {"rollout": "0", "learner": "1-3"}
+    assert parse_cpu_list("0,2,4-5") == [0, 2, 4, 5]
+    for bad, message in [("a", "not a cpu list"), ("3-1", "backwards")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"cluster.cpu_affinity.reward={bad}"])
+    with pytest.raises(ConfigError, match="cpu_affinity"):
+        load_config(None, ["cluster.cpu_affinity.judge=0"])  # not a role
