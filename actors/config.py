@@ -46,7 +46,7 @@ class RolloutConfig(BaseModel):
         None,
         ge=1,
         description="prompts per generate call; None: an even share of the iteration's prompts per rollout worker, one "
-        "call each (fastest). Smaller chunks reach the reward pool sooner",
+        "call each (fastest). Each group goes to the reward pool as soon as it is done either way (streamed)",
     )
     resample_all_wrong: int = Field(
         1,
