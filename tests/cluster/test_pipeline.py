@@ -181,3 +181,20 @@ def test_staleness_split_drops_and_counts_groups_past_the_bound():
     assert metrics["async/staleness_mean"] == 1
     with pytest.raises(RuntimeError, match="newer"):
         staleness_split(rollouts, version=4, k=2)
+
+
+def test_k0_is_the_synchronous_loop_one_phase_after_another(tmp_path, monkeypatch):
+    import cluster.pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("max_staleness=0 must not build the asynchronous loop")
+
+    monkeypatch.setattr(cluster.pipeline, "AsyncLoop", refuse)
+    cluster = FakeCluster(lambda i: 0.02, train_s=0.02)
+    history, state = _run(tmp_path, cluster, 0, iterations=3)
+    phases = [(e[1], e[2]) if e[1] in ("produce", "push") else (e[1],) for e in cluster.events]
+    expected = []
+    for i in range(3):
+        expected += [("produce", i), ("produced",), ("train",), ("trained",), ("push", i + 1)]
+    assert [p[:2] if p[0] == "produce" else p for p in phases] == expected
+    assert "async/staleness_0" not in history[0] and state.version == 3
