@@ -41,10 +41,10 @@ from dataclasses import dataclass, replace
 from cluster.config import RunConfig
 from cluster.generation import IterationRollouts
 from cluster.held_out import Evaluator
+from cluster.iteration import Clock, RunOutput, check_scorable, finish_iteration, iteration_metrics
 from cluster.run_state import RunState
 from cluster.session import TrainingCluster
 from cluster.stops import StopSignal
-from cluster.train import Clock, RunOutput, check_scorable, finish_iteration, iteration_metrics
 
 
 class Abandoned(Exception):

@@ -109,7 +109,8 @@ def test_a_reward_worker_that_raises_makes_rollouts_unscorable_not_zero(local_ra
     result = _run(ray.remote(FakeRollout).remote(), ray.remote(FakeReward).remote("raise"))
     scores = [s for sg in result.groups for s in sg.scores]
     assert len(scores) == 8 and all(s.rewards is None for s in scores)
-    assert len(result.reward_failures) == 2 and "judge engine died" in result.reward_failures[0]
+    # one failure per scoring call (how many depends on how the groups came in)
+    assert result.reward_failures and all("judge engine died" in f for f in result.reward_failures)
 
 
 def test_a_reward_worker_past_its_deadline_yields_unscorable_rollouts_without_hanging(local_ray):
