@@ -41,8 +41,7 @@ def pin_from_env() -> list[int] | None:
             f"cluster.cpu_affinity: cores {sorted(missing)} do not exist on this node ({os.cpu_count()} cores)"
         )
     os.sched_setaffinity(0, cores)
-    threads = str(len(cores))
-    os.environ["OMP_NUM_THREADS"] = threads  # the engine-core process starts with it
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))  # the engine-core process starts with it
     import torch
 
     torch.set_num_threads(len(cores))

@@ -146,8 +146,8 @@ class Engine:
         prompts = [self._engine_prompt(r) for r in requests]
         params = [self._params(sampling, r.seed) for r in requests]
         # enqueue returns vLLM's internal ids ("<id>-<suffix>"); outputs carry the id before the suffix
-        internal = self.llm.enqueue(prompts, params, use_tqdm=False)
-        position = {request_id.rsplit("-", 1)[0]: i for i, request_id in enumerate(internal)}
+        internal = {rid.rsplit("-", 1)[0]: rid for rid in self.llm.enqueue(prompts, params, use_tqdm=False)}
+        position = {request_id: i for i, request_id in enumerate(internal)}
         engine = self.llm.llm_engine
         try:
             while position:
@@ -159,8 +159,7 @@ class Engine:
                         yield self._group(request, output, time.perf_counter() - start)
         finally:
             if position:  # abandoned (the caller stopped, an error): nothing left running in the engine
-                left = set(position)
-                engine.abort_request([i for i in internal if i.rsplit("-", 1)[0] in left], internal=True)
+                engine.abort_request([internal[request_id] for request_id in position], internal=True)
 
     def _engine_prompt(self, request: PromptRequest) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": self.render(request.user_text, request.image is not None)}

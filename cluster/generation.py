@@ -104,11 +104,11 @@ class _Streamed:
         self.result = IterationRollouts([])
 
     def run(self, stop: StopSignal) -> IterationRollouts:
-        rollout, w = self.workers.rollout, self.workers
+        w = self.workers
         self.start = time.perf_counter()
-        size = w.chunk_size or max(1, -(-len(self.requests) // len(rollout.actors)))
+        size = w.chunk_size or max(1, -(-len(self.requests) // len(w.rollout.actors)))
         for chunk in _chunks(len(self.requests), size):
-            stream = rollout.submit_stream([self.requests[i] for i in chunk])
+            stream = w.rollout.submit_stream([self.requests[i] for i in chunk])
             self.streams[stream] = _Pending(chunk, self.start)
         try:
             while self.streams or self.scoring or self.waiting:
@@ -144,11 +144,9 @@ class _Streamed:
             self.waiting.append(ScoredGroup(self.batch[i], group, [], self.requests[i].seed))
 
     def _take_scores(self, ref: ray.ObjectRef, now: float) -> None:
-        call = self.scoring.pop(ref)
-        if now - call.submitted <= self.workers.reward_timeout_s:
-            self.done += _attach(call.groups, ref, self.result)
-        else:  # late: its deadline passed while it ran; _expire_scoring's verdict, one tick later
-            self.scoring[ref] = call
+        """A finished call's scores; one past its deadline is left to _expire_scoring (refused)."""
+        if now - self.scoring[ref].submitted <= self.workers.reward_timeout_s:
+            self.done += _attach(self.scoring.pop(ref).groups, ref, self.result)
 
     def _dispatch(self, now: float) -> None:
         """The waiting groups to the idle reward workers, split evenly, one call each."""

@@ -47,17 +47,14 @@ class RewardPool:
     def __init__(self, actors: list[Any], follows_policy: bool):
         self.actors = actors
         self.follows_policy = follows_policy
-        self._next = itertools.cycle(range(len(actors)))
 
     def submit_score(
-        self, items: Sequence[ScoreItem], version: int, timeout_s: float, worker: int | None = None
+        self, items: Sequence[ScoreItem], version: int, timeout_s: float, worker: int
     ) -> ray.ObjectRef:
-        """Score `items` on worker `worker` (None: the next one), which gives up on them `timeout_s`
-        from now."""
+        """Score `items` on reward worker `worker`, which gives up on them `timeout_s` from now."""
         expected = version if self.follows_policy else None
         deadline = time.time() + timeout_s  # wall clock: the worker may be on another node
-        actor = self.actors[next(self._next) if worker is None else worker]
-        return actor.score.remote(list(items), expected, deadline)
+        return self.actors[worker].score.remote(list(items), expected, deadline)
 
     def versions(self, timeout_s: float) -> list[int | None]:
         return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "judge versions")

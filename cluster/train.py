@@ -16,7 +16,6 @@ from cluster.iteration import (
     Clock,
     RunOutput,
     check_scorable,
-    dump_rollouts,
     finish_iteration,
     iteration_metrics,
 )
@@ -28,19 +27,7 @@ from cluster.session import TrainingCluster
 from cluster.sources import load_training_set, write_data_report
 from cluster.stops import NEVER, StopSignal
 
-__all__ = [
-    "Clock",
-    "RunOutput",
-    "RunState",
-    "check_scorable",
-    "dump_rollouts",
-    "finish_iteration",
-    "iteration_metrics",
-    "latest_checkpoint",
-    "next_batch",
-    "run_train",
-    "train_loop",
-]
+__all__ = ["RunOutput", "RunState", "latest_checkpoint", "next_batch", "run_train", "train_loop"]
 
 
 def train_loop(
