@@ -282,6 +282,18 @@ class ClusterConfig(BaseModel):
     generate_timeout_s: float = Field(600, gt=0, description="deadline for one group's generation")
     train_timeout_s: float = Field(1800, gt=0, description="deadline for one iteration's optimizer updates")
     sync_timeout_s: float = Field(300, gt=0, description="deadline for a weight push")
+    max_worker_restarts: int = Field(
+        3,
+        ge=0,
+        description="how often each rollout or reward worker is replaced after it died or missed a deadline (its "
+        "unfinished groups go to the others); past it the run stops with a resumable checkpoint. 0: fail-stop",
+    )
+    max_run_restarts: int = Field(
+        2,
+        ge=0,
+        description="how often the run restarts itself from its latest checkpoint after a learner rank died "
+        "(every rank anew; the metrics history stays one). 0: the run stops",
+    )
 
 
 class RunConfig(BaseModel):

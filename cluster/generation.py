@@ -16,7 +16,7 @@ past the same deadline, and a result that arrives late is refused.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import ray
@@ -26,6 +26,7 @@ from cluster.data.sample import Sample
 from cluster.placement import DeadlineExceeded
 from cluster.pools import RewardPool, RolloutPool
 from cluster.stops import NEVER, StopSignal
+from cluster.supervision import WorkerSlots, call_died
 from learner.batch import split
 from rewards.scoring import RolloutScore, ScoreItem, ScoringResult
 
@@ -59,12 +60,17 @@ class Workers:
     chunk_size: int | None  # prompts per generate call; None: an even share per rollout worker
     generate_timeout_s: float
     reward_timeout_s: float
+    # brings replaced policy engines (a pool's slots) to the pool's version now; None: they wait for
+    # the next regular push (the asynchronous loop, whose learner may be ahead of the engines)
+    catch_up: Callable[[WorkerSlots, list[int]], None] | None = None
 
 
 @dataclass
 class _Pending:
     chunk: list[int]  # indices into the batch
     submitted: float
+    worker: int
+    received: set[int] = field(default_factory=set)  # indices of the chunk whose group arrived
 
 
 @dataclass
@@ -84,44 +90,45 @@ def generate_and_score(
     """Every request's group, scored. Past `reward_timeout_s` a scoring call is cancelled and its
     rollouts are unscorable, and a result that arrives after its deadline is refused; a generate call
     past `generate_timeout_s`, a dead rollout worker or a stop request raises, after cancelling every
-    call still out."""
+    call still out. In a pool whose workers are replaceable (cluster.supervision), a worker that died
+    or missed its deadline is replaced instead and its unfinished groups go to the workers taking work,
+    each group generated and scored once."""
     return _Streamed(workers, batch, requests, version).run(stop)
 
 
 class _Streamed:
-    """The calls of one `generate_and_score`: generate streams out, groups waiting for a reward
-    worker, scoring calls out."""
+    """The calls of one `generate_and_score`: groups waiting for a rollout worker, generate streams out,
+    groups waiting for a reward worker, scoring calls out."""
 
     def __init__(
         self, workers: Workers, batch: Sequence[Sample], requests: Sequence[PromptRequest], version: int
     ):
         self.workers, self.batch, self.requests, self.version = workers, batch, requests, version
         self.position = {r.group_id: i for i, r in enumerate(requests)}
+        self.unassigned = list(range(len(requests)))  # not yet given to a rollout worker
         self.streams: dict[ray.ObjectRefGenerator, _Pending] = {}
         self.waiting: list[ScoredGroup] = []  # generated, not yet given to a reward worker
         self.scoring: dict[ray.ObjectRef, _Scoring] = {}
         self.done: list[ScoredGroup] = []
         self.result = IterationRollouts([])
+        self.turn = 0  # the next rollout worker in line, for calls of `chunk_size`
 
     def run(self, stop: StopSignal) -> IterationRollouts:
-        w = self.workers
         self.start = time.perf_counter()
-        size = w.chunk_size or max(1, -(-len(self.requests) // len(w.rollout.actors)))
-        for chunk in _chunks(len(self.requests), size):
-            stream = w.rollout.submit_stream([self.requests[i] for i in chunk])
-            self.streams[stream] = _Pending(chunk, self.start)
         try:
-            while self.streams or self.scoring or self.waiting:
+            while self.unassigned or self.streams or self.scoring or self.waiting:
                 stop.check()
-                ready, _ = ray.wait([*self.streams, *self.scoring], num_returns=1, timeout=1.0)
+                self._assign(time.perf_counter())
+                refs = [*self.streams, *self.scoring]
+                ready = ray.wait(refs, num_returns=1, timeout=1.0)[0] if refs else time.sleep(0.2) or []
                 now = time.perf_counter()
                 for ref in ready:
                     if ref in self.streams:
                         self._take_groups(ref, now)
-                    else:
+                    elif ref in self.scoring:
                         self._take_scores(ref, now)
-                _check_generation_deadline(self.streams, now, w.generate_timeout_s)
-                self.done += _expire_scoring(self.scoring, now, w.reward_timeout_s, self.result)
+                self._check_generation_deadline(now)
+                self._expire_scoring(now)
                 self._dispatch(now)
         except BaseException:
             _cancel([*self.streams, *self.scoring])
@@ -130,29 +137,120 @@ class _Streamed:
         self.result.groups = sorted(self.done, key=lambda sg: sg.group.group_id)
         return self.result
 
+    def _assign(self, now: float) -> None:
+        """The groups no rollout worker has to the workers taking work: an even share each, or calls of
+        `chunk_size` in turn. Replaced engines behind the pool's version catch up first, if they may."""
+        if not self.unassigned:
+            return
+        slots = self.workers.rollout.slots
+        if (behind := slots.behind()) and self.workers.catch_up is not None:
+            self.workers.catch_up(slots, behind)
+        live = slots.taking_work()
+        if not live:
+            slots.check_can_work()
+            return  # replacements are starting
+        size = self.workers.chunk_size or max(1, -(-len(self.unassigned) // len(live)))
+        for chunk in _chunks(len(self.unassigned), size):
+            worker = live[self.turn % len(live)]
+            self.turn += 1
+            part = [self.unassigned[i] for i in chunk]
+            stream = self.workers.rollout.submit_stream([self.requests[i] for i in part], worker)
+            self.streams[stream] = _Pending(part, now, worker)
+        self.unassigned = []
+
     def _take_groups(self, stream: ray.ObjectRefGenerator, now: float) -> None:
         """Every group the stream has ready (a dead worker or an engine error raises here)."""
+        pending = self.streams[stream]
         while ray.wait([stream], num_returns=1, timeout=0)[0]:
             try:
                 group: Group = ray.get(next(stream))
             except StopIteration:
                 del self.streams[stream]
-                if not self.streams:
+                if not self.streams and not self.unassigned:
                     self.result.generate_s = now - self.start
                 return
+            except ray.exceptions.RayActorError:
+                if not self.workers.rollout.slots.replaceable:
+                    raise
+                self._replace_rollout_worker(pending.worker, "died")
+                return
             i = self.position[group.group_id]
+            pending.received.add(i)
             self.waiting.append(ScoredGroup(self.batch[i], group, [], self.requests[i].seed))
 
+    def _replace_rollout_worker(self, worker: int, reason: str) -> None:
+        """Replace rollout worker `worker`; its calls' groups that did not arrive wait for another."""
+        slots = self.workers.rollout.slots
+        for stream, pending in list(self.streams.items()):
+            if pending.worker == worker:
+                del self.streams[stream]
+                _cancel([stream])
+                lost = [i for i in pending.chunk if i not in pending.received]
+                slots.counters.cancelled += 1
+                slots.counters.resubmitted += len(lost)
+                self.unassigned += lost
+        slots.replace(worker, reason)
+
+    def _check_generation_deadline(self, now: float) -> None:
+        timeout_s = self.workers.generate_timeout_s
+        late = {p.worker for p in self.streams.values() if now - p.submitted > timeout_s}
+        if late and not self.workers.rollout.slots.replaceable:
+            raise DeadlineExceeded(
+                f"{len(late)} generate call(s) did not finish within rollout deadline {timeout_s:g} s "
+                "(cluster.generate_timeout_s); a rollout worker is stuck or far too slow"
+            )
+        for worker in sorted(late):
+            self._replace_rollout_worker(
+                worker, f"missed the rollout deadline (cluster.generate_timeout_s={timeout_s:g} s)"
+            )
+
     def _take_scores(self, ref: ray.ObjectRef, now: float) -> None:
-        """A finished call's scores; one past its deadline is left to _expire_scoring (refused)."""
-        if now - self.scoring[ref].submitted <= self.workers.reward_timeout_s:
-            self.done += _attach(self.scoring.pop(ref).groups, ref, self.result)
+        """A finished call's scores; one past its deadline is left to _expire_scoring (refused). The
+        groups of a call whose reward worker died go to another (the worker is replaced)."""
+        if now - self.scoring[ref].submitted > self.workers.reward_timeout_s:
+            return
+        call = self.scoring.pop(ref)
+        slots = self.workers.reward.slots
+        if slots.replaceable and call_died(ref):
+            slots.replace(call.worker, "died")
+            slots.counters.resubmitted += len(call.groups)
+            self.waiting += call.groups
+            return
+        self.done += _attach(call.groups, ref, self.result)
+
+    def _expire_scoring(self, now: float) -> None:
+        """Scoring calls past their deadline (a ready one included) are cancelled. A replaceable worker
+        is replaced and the call's groups go to another; otherwise they are unscorable and the worker
+        takes calls again (a call queued behind a stuck one is refused past its own deadline)."""
+        timeout_s = self.workers.reward_timeout_s
+        slots = self.workers.reward.slots
+        for ref, call in list(self.scoring.items()):
+            if now - call.submitted <= timeout_s:
+                continue
+            del self.scoring[ref]
+            _cancel([ref])
+            slots.counters.cancelled += 1
+            if slots.replaceable:
+                slots.replace(call.worker, f"missed the scoring deadline (reward.timeout_s={timeout_s:g} s)")
+                slots.counters.resubmitted += len(call.groups)
+                self.waiting += call.groups
+                continue
+            self.result.reward_failures.append(f"scoring exceeded reward.timeout_s={timeout_s:g} s")
+            for sg in call.groups:
+                sg.scores = [
+                    RolloutScore(None, error="reward deadline exceeded") for _ in sg.group.completions
+                ]
+            self.done += call.groups
 
     def _dispatch(self, now: float) -> None:
-        """The waiting groups to the idle reward workers, split evenly, one call each."""
+        """The waiting groups to the idle reward workers taking work, split evenly, one call each."""
         reward = self.workers.reward
+        if self.waiting and (behind := reward.slots.behind()) and self.workers.catch_up is not None:
+            self.workers.catch_up(reward.slots, behind)
+        if self.waiting:
+            reward.slots.check_can_work()
         busy = {call.worker for call in self.scoring.values()}
-        idle = [i for i in range(len(reward.actors)) if i not in busy]
+        idle = [i for i in reward.slots.taking_work() if i not in busy]
         if not self.waiting or not idle:
             return
         for worker, part in zip(idle, split(self.waiting, min(len(self.waiting), len(idle))), strict=False):
@@ -257,15 +355,6 @@ def _attach(groups: list[ScoredGroup], ref: ray.ObjectRef, result: IterationRoll
     return groups
 
 
-def _check_generation_deadline(streams: dict, now: float, timeout_s: float) -> None:
-    late = [p for p in streams.values() if now - p.submitted > timeout_s]
-    if late:
-        raise DeadlineExceeded(
-            f"{len(late)} generate call(s) did not finish within rollout deadline {timeout_s:g} s "
-            "(cluster.generate_timeout_s); a rollout worker is stuck or far too slow"
-        )
-
-
 def _cancel(refs: Sequence[ray.ObjectRef | ray.ObjectRefGenerator]) -> None:
     """Cancel calls whose results will not be used. Ray drops a call that has not reached its actor;
     one already queued or running in a (synchronous) actor is not interrupted by Ray: the reward
@@ -273,22 +362,3 @@ def _cancel(refs: Sequence[ray.ObjectRef | ray.ObjectRefGenerator]) -> None:
     worker does not work through a backlog nobody will read."""
     for ref in refs:
         ray.cancel(ref)
-
-
-def _expire_scoring(
-    scoring: dict[ray.ObjectRef, _Scoring], now: float, timeout_s: float, result: IterationRollouts
-) -> list[ScoredGroup]:
-    """Scoring calls past their deadline (a ready one included): cancelled, their rollouts unscorable;
-    their workers take calls again (a call queued behind a stuck one is refused past its own deadline)."""
-    expired = []
-    for ref, call in list(scoring.items()):
-        if now - call.submitted > timeout_s:
-            del scoring[ref]
-            _cancel([ref])
-            result.reward_failures.append(f"scoring exceeded reward.timeout_s={timeout_s:g} s")
-            for sg in call.groups:
-                sg.scores = [
-                    RolloutScore(None, error="reward deadline exceeded") for _ in sg.group.completions
-                ]
-            expired += call.groups
-    return expired

@@ -98,6 +98,7 @@ def finish_iteration(
     """Log the iteration and dump a few of its rollouts; its end is then an exact point, checkpointed
     when one is due."""
     iteration = state.iteration
+    metrics = metrics | tc.recovery_metrics() | state.take_restart_metrics()
     out.log.log(iteration, metrics)
     dump_rollouts(out.path, iteration, rollouts, cfg.cluster.dump_rollouts)
     state.end()

@@ -1,12 +1,12 @@
 """Typed handles on the three pools of Ray actors: rollout, reward, learner.
 
 Each handle exposes typed `submit_*` / blocking methods; no dispatch by method-name strings. Every
-blocking method waits with a deadline (cluster.placement.wait_all).
+blocking method waits with a deadline (cluster.placement.wait_all). The rollout and reward pools keep
+their actors in replaceable slots (cluster.supervision).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,38 +15,61 @@ import ray
 
 from actors.types import Group, PromptRequest, SamplingSettings
 from cluster.placement import wait_all
+from cluster.supervision import WorkerSlots, call_died
 from learner.batch import split
 from rewards.scoring import ScoreItem
 
 
 class RolloutPool:
-    def __init__(self, actors: list[Any]):
-        self.actors = actors
-        self._next = itertools.cycle(range(len(actors)))
+    def __init__(self, actors: list[Any], slots: WorkerSlots | None = None):
+        """`slots`: how the actors are replaced (default: a pool whose workers cannot be)."""
+        self.slots = slots or WorkerSlots("rollout", actors, 0, follows_policy=True)
 
-    def submit_stream(self, requests: Sequence[PromptRequest]) -> ray.ObjectRefGenerator:
-        """The groups of `requests` on the next worker, each ref delivered as soon as its group is done."""
-        actor = self.actors[next(self._next)]
+    @property
+    def actors(self) -> list[Any]:
+        return self.slots.actors
+
+    def submit_stream(self, requests: Sequence[PromptRequest], worker: int) -> ray.ObjectRefGenerator:
+        """The groups of `requests` on rollout worker `worker`, each ref delivered as soon as its group
+        is done."""
+        actor = self.actors[worker]
         return actor.generate_stream.options(num_returns="streaming").remote(list(requests))
 
     def generate_all(
         self, requests: Sequence[PromptRequest], sampling: SamplingSettings, timeout_s: float, what: str
     ) -> list[Group]:
-        """Groups of every request, in order: the requests split evenly over the workers, one call each."""
-        parts = split(requests, min(len(requests), len(self.actors)))
-        refs = [
-            actor.generate.remote(part, sampling) for actor, part in zip(self.actors, parts, strict=False)
-        ]
-        return [group for groups in wait_all(refs, timeout_s, what) for group in groups]
+        """Groups of every request, in order: the requests split evenly over the workers taking work, one
+        call each. A worker that died is replaced and its share generated again on the others."""
+        while True:
+            workers = self.slots.taking_work()
+            if not workers:
+                self.slots.wait_started(timeout_s)
+                if not (workers := self.slots.taking_work()):
+                    raise RuntimeError(f"{what}: no rollout worker holds version {self.slots.version}")
+            parts = split(requests, min(len(requests), len(workers)))
+            refs = [
+                self.actors[i].generate.remote(part, sampling)
+                for i, part in zip(workers, parts, strict=False)
+            ]
+            try:
+                return [group for groups in wait_all(refs, timeout_s, what) for group in groups]
+            except ray.exceptions.RayActorError:
+                for i, ref in zip(workers, refs, strict=False):
+                    if call_died(ref):
+                        self.slots.replace(i, f"died during {what}")
 
     def versions(self, timeout_s: float) -> list[int]:
         return wait_all([a.get_version.remote() for a in self.actors], timeout_s, "rollout versions")
 
 
 class RewardPool:
-    def __init__(self, actors: list[Any], follows_policy: bool):
-        self.actors = actors
+    def __init__(self, actors: list[Any], follows_policy: bool, slots: WorkerSlots | None = None):
+        self.slots = slots or WorkerSlots("reward", actors, 0, follows_policy)
         self.follows_policy = follows_policy
+
+    @property
+    def actors(self) -> list[Any]:
+        return self.slots.actors
 
     def submit_score(
         self, items: Sequence[ScoreItem], version: int, timeout_s: float, worker: int

@@ -30,6 +30,8 @@ class RunState:
     version: int = 0
     resumable: dict[str, Any] | None = None
     drawn: dict[int, dict[str, Any]] = field(default_factory=dict)  # iteration → data state before its batch
+    restarts: int = 0  # how often this run restarted itself from a checkpoint (a learner rank was lost)
+    restart_s: float | None = None  # how long the last restart took, until its first iteration is logged
 
     @classmethod
     def start(cls, cfg: RunConfig, samples: list[Sample], saved: dict[str, Any] | None = None) -> RunState:
@@ -86,6 +88,13 @@ class RunState:
             **data,
             "data": data_digest(self.stream.items),
         }
+
+    def take_restart_metrics(self) -> dict[str, float]:
+        """`recovery/run_restarts` (so far), and the seconds of a restart on the first iteration after it."""
+        metrics = {"recovery/run_restarts": float(self.restarts)}
+        if self.restart_s is not None:
+            metrics["timing_s/run_restart"], self.restart_s = self.restart_s, None
+        return metrics
 
     def _data_state(self) -> dict[str, Any]:
         return {"stream": asdict(self.stream.state), "replay": self.replay.state()}

@@ -13,6 +13,7 @@ cluster started is shut down with it.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,8 @@ from cluster.settings import (
     rollout_engine_settings,
     rollout_sampling,
 )
-from cluster.stops import NEVER, RunFailed, StopSignal
+from cluster.stops import NEVER, LearnerLost, RunFailed, StopSignal
+from cluster.supervision import WorkerSlots, call_died
 from cluster.transport import make_transport
 from learner.batch import micro_batches_per_step
 from learner.rank import LearnerRank, combine_rank_metrics
@@ -82,15 +84,13 @@ class TrainingCluster:
             {role: {CORES_ENV: cores} for role, cores in cfg.cluster.cpu_affinity.items()},
         )
         loader = image_loader(cfg.data)
+        rollout_args = [
+            (rollout_engine_settings(cfg, model_path, i), rollout_sampling(cfg), loader, version)
+            for i in range(cfg.rollout.num_workers)
+        ]
         self.rollout = RolloutPool(
-            self.placement.spawn(
-                "rollout",
-                RolloutWorker,
-                [
-                    (rollout_engine_settings(cfg, model_path, i), rollout_sampling(cfg), loader, version)
-                    for i in range(cfg.rollout.num_workers)
-                ],
-            )
+            [],
+            self._slots("rollout", RolloutWorker, rollout_args, version, follows_policy=True),
         )
         judge = None
         if cfg.reward.reflection:
@@ -98,16 +98,14 @@ class TrainingCluster:
             judge = judge_settings(
                 cfg, model_path if follows else resolve_model(cfg.reward.judge.model or "")
             )
+        reward_args = [
+            (cfg.reward, reward_rules(cfg), judge, loader, version) for _ in range(cfg.reward.num_workers)
+        ]
+        follows = cfg.reward.judge_follows_policy and judge is not None
         self.reward = RewardPool(
-            self.placement.spawn(
-                "reward",
-                RewardWorker,
-                [
-                    (cfg.reward, reward_rules(cfg), judge, loader, version)
-                    for _ in range(cfg.reward.num_workers)
-                ],
-            ),
+            [],
             follows_policy=cfg.reward.judge_follows_policy,
+            slots=self._slots("reward", RewardWorker, reward_args, version, follows_policy=follows),
         )
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path, loader, resume))
         self.workers = Workers(
@@ -116,6 +114,8 @@ class TrainingCluster:
             cfg.rollout.chunk_size,
             cfg.cluster.generate_timeout_s,
             cfg.reward.timeout_s,
+            # synchronous loop: the learner holds the engines' version while rollouts are generated
+            catch_up=None if cfg.cluster.max_staleness else self._catch_up,
         )
         self._wait_ready()
         self.transport = make_transport(
@@ -127,6 +127,20 @@ class TrainingCluster:
             weight_group_backend(cfg),
             self.weight_group_address,
             workers_per_engine=cfg.rollout.tensor_parallel_size,
+        )
+
+    def _slots(
+        self, role: str, cls: type, args: list[tuple], version: int, follows_policy: bool
+    ) -> WorkerSlots:
+        """The actors of `role` in replaceable slots: slot i's replacement starts from `args[i]`."""
+        return WorkerSlots(
+            role,
+            self.placement.spawn(role, cls, args),
+            version,
+            follows_policy,
+            spawn=lambda i: self.placement.spawn_in(role, i, cls, args[i]),
+            max_restarts=self.cfg.cluster.max_worker_restarts,
+            startup_timeout_s=self.cfg.cluster.startup_timeout_s,
         )
 
     def _spawn_learner(self, model_path: str, reference_path: str | None, loader, resume: bool) -> list:
@@ -154,8 +168,31 @@ class TrainingCluster:
         wait_all([a.ping.remote() for a in actors], self.cfg.cluster.startup_timeout_s, "actor startup")
 
     def receivers(self) -> list:
-        """Every engine that loads new policy weights: rollout engines and policy-following judges."""
-        return self.rollout.actors + (self.reward.actors if self.reward.follows_policy else [])
+        """Every engine that loads new policy weights: rollout engines and policy-following judges
+        (replacements that are still starting join at a later push)."""
+        return [slots.actors[i] for slots, idx in self._policy_slots() for i in idx]
+
+    def _policy_slots(self) -> list[tuple[WorkerSlots, list[int]]]:
+        pools = [self.rollout.slots, self.reward.slots]
+        return [(slots, slots.answered()) for slots in pools if slots.follows_policy]
+
+    def _catch_up(self, slots: WorkerSlots, behind: list[int]) -> None:
+        """Push the learner's weights, which are the pool's version, to replaced engines `behind`."""
+        start = time.perf_counter()
+        self.transport.push(slots.version, [slots.actors[i] for i in behind])
+        slots.pushed(behind, slots.version)
+        slots.counters.catch_up_s += time.perf_counter() - start
+
+    def _check_alive(self) -> None:
+        """Ping every answered policy engine (idle at a push); one that died or does not answer is replaced."""
+        for slots, idx in self._policy_slots():
+            pings = {i: slots.actors[i].ping.remote() for i in idx}
+            ray.wait(list(pings.values()), num_returns=len(pings), timeout=self.cfg.cluster.sync_timeout_s)
+            for i, ref in pings.items():
+                if not ray.wait([ref], timeout=0)[0]:
+                    slots.replace(i, "did not answer before a weight push")
+                elif call_died(ref):
+                    slots.replace(i, "died")
 
     def weight_group_address(self) -> str:
         """Where learner rank 0 and the receivers meet: loopback when they share a node, else rank 0's node."""
@@ -196,8 +233,21 @@ class TrainingCluster:
         return adv_metrics | {f"train/{k}": v for k, v in combine_rank_metrics(per_rank).items()}
 
     def push(self, version: int) -> dict[str, float]:
-        """Every engine that follows the policy moves to the learner's weights as `version`."""
-        return self.transport.push(version)
+        """Every engine that follows the policy moves to the learner's weights as `version`; one found
+        dead first is replaced (it catches up when it has started)."""
+        self._check_alive()
+        targets = self._policy_slots()
+        metrics = self.transport.push(version, [slots.actors[i] for slots, idx in targets for i in idx])
+        for slots, idx in targets:
+            slots.pushed(idx, version)
+        for slots in (self.rollout.slots, self.reward.slots):
+            if not slots.follows_policy:
+                slots.version = version
+        return metrics
+
+    def recovery_metrics(self) -> dict[str, float]:
+        """What replacing workers did since the last call: restarts, resubmitted groups, cancelled calls."""
+        return self.rollout.slots.counters.take("rollout") | self.reward.slots.counters.take("reward")
 
     def save(self, out_dir: str | Path, optimizer: bool) -> None:
         """A checkpoint of the learner's policy (and every rank's optimizer state) in `out_dir`."""
@@ -222,13 +272,22 @@ class TrainingCluster:
         naming the worker."""
         try:
             yield
-        except ray.exceptions.RayActorError as err:
-            who = self.actor_names().get(getattr(err, "actor_id", None) or "", "a worker")
-            raise RunFailed(f"{who} died ({_first_line(err)}); resume with --resume") from None
-        except ray.exceptions.RayTaskError as err:
-            raise RunFailed(f"a worker raised {type(err.cause).__name__}: {_first_line(err.cause)}") from None
-        except DeadlineExceeded as err:
+        except (ray.exceptions.RayError, DeadlineExceeded) as err:
+            if lost := self.lost_learner_ranks():  # the others may have failed in a collective with it
+                raise LearnerLost(f"learner rank {lost[0]} died ({_first_line(err)})") from None
+            if isinstance(err, ray.exceptions.RayActorError):
+                who = self.actor_names().get(getattr(err, "actor_id", None) or "", "a worker")
+                raise RunFailed(f"{who} died ({_first_line(err)}); resume with --resume") from None
+            if isinstance(err, ray.exceptions.RayTaskError):
+                cause = err.cause
+                raise RunFailed(f"a worker raised {type(cause).__name__}: {_first_line(cause)}") from None
             raise RunFailed(str(err)) from None
+
+    def lost_learner_ranks(self, wait_s: float = 10.0) -> list[int]:
+        """The learner ranks whose actor is dead (a rank still busy or stuck is not: its ping waits)."""
+        pings = [rank.ping.remote() for rank in self.learner.ranks]
+        ray.wait(pings, num_returns=len(pings), timeout=wait_s)
+        return [i for i, ref in enumerate(pings) if call_died(ref)]
 
     def close(self) -> None:
         for actor in self.rollout.actors + self.reward.actors + self.learner.ranks:

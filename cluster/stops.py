@@ -17,6 +17,7 @@ second signal stops at once, still cleaning up every actor.
 from __future__ import annotations
 
 import signal
+import time
 from contextlib import contextmanager
 from types import FrameType
 
@@ -27,6 +28,14 @@ _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 class RunFailed(RuntimeError):
     """The run cannot go on; the message says what failed and what to do (one line)."""
+
+
+class LearnerLost(RunFailed):
+    """A learner rank died: the run can go on only from a checkpoint, with every rank anew."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.seen_at = time.perf_counter()  # when the loss was found (a restart's time counts from it)
 
 
 class Stopped(Exception):

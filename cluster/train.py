@@ -7,6 +7,7 @@ Read `train_loop` to understand the system: each phase of an iteration is one ca
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from cluster.checkpoints import check_same_data, find_resume_point, latest_checkpoint, read_state, save_point
@@ -25,7 +26,7 @@ from cluster.pipeline import AsyncLoop
 from cluster.run_state import RunState, next_batch
 from cluster.session import TrainingCluster
 from cluster.sources import load_training_set, write_data_report
-from cluster.stops import NEVER, StopSignal
+from cluster.stops import NEVER, LearnerLost, RunFailed, StopSignal
 
 __all__ = ["RunOutput", "RunState", "latest_checkpoint", "next_batch", "run_train", "train_loop"]
 
@@ -88,7 +89,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     """`emo-r3 train`: every refusal first (address, resume point, data, model), then the run folder,
     the cluster and the loop; a learning curve and a summary table at the end."""
     from cluster.launch import check_address_is_safe
-    from cluster.progress import Progress, plot_learning_curve, summary_table
+    from cluster.progress import plot_learning_curve, summary_table
     from cluster.rundir import run_path, write_config
 
     check_address_is_safe(cfg)  # before the run folder, the model build (minutes) or the data
@@ -100,7 +101,46 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     run.mkdir(parents=True, exist_ok=True)  # every refusal is above: no orphan run folder
     write_config(run, cfg)
     write_data_report(run, cfg.data.train, train_set)
-    state = RunState.start(cfg, train_set.samples, saved)
+    first = saved.get("next_iteration", 0)
+    restarts, failed_at = 0, 0.0
+    while True:
+        state = RunState.start(cfg, train_set.samples, saved)
+        state.restarts = restarts
+        try:
+            history = _attempt(cfg, run, state, checkpoint, initial, failed_at if restarts else None)
+            break
+        except LearnerLost as err:
+            failed_at = err.seen_at
+            if restarts >= cfg.cluster.max_run_restarts:
+                raise RunFailed(
+                    f"{err}; the run restarted {restarts} time(s), the limit (cluster.max_run_restarts="
+                    f"{cfg.cluster.max_run_restarts}); resume with --resume"
+                ) from None
+            restarts += 1
+            checkpoint = latest_checkpoint(run, report=lambda _: None)
+            saved = read_state(checkpoint) if checkpoint else {}
+            print(
+                f"{err}: the run restarts from {checkpoint or 'its start'} "
+                f"(restart {restarts} of {cfg.cluster.max_run_restarts})",
+                flush=True,
+            )
+    plot_learning_curve(run)
+    print(summary_table(history, first, run))
+    return 0
+
+
+def _attempt(
+    cfg: RunConfig,
+    run: Path,
+    state: RunState,
+    checkpoint: Path | None,
+    initial: str,
+    failed_at: float | None,
+) -> list[dict]:
+    """One training cluster from `checkpoint` (None: the initial model) through the loop; `failed_at`:
+    when the failure this attempt restarts from was seen (the restart's time is logged)."""
+    from cluster.progress import Progress
+
     if checkpoint:
         print(
             f"resuming {run.name} at iteration {state.iteration} (version {state.version}) from {checkpoint}"
@@ -115,17 +155,16 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
         with TrainingCluster(
             cfg, str(checkpoint or initial), initial, state.version, resume=bool(checkpoint)
         ) as tc:
+            if failed_at is not None:
+                state.restart_s = time.perf_counter() - failed_at
             if checkpoint:
                 for note in dict.fromkeys(tc.learner.optimizer_restored(cfg.cluster.startup_timeout_s)):
                     print(f"learner: {note}")  # one line when every rank did the same
             with stop.installed(), tc.failures_named():
-                history = train_or_save(cfg, tc, state, out, stop)
+                return train_or_save(cfg, tc, state, out, stop)
     finally:
         out.log.close()
         progress.close()
-    plot_learning_curve(run)
-    print(summary_table(history, saved.get("next_iteration", 0), run))
-    return 0
 
 
 def _set_aside_redone(run: Path, start: int) -> None:

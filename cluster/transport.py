@@ -25,8 +25,9 @@ from cluster.pools import LearnerGroup
 
 
 class WeightTransport(Protocol):
-    def push(self, version: int) -> dict[str, float]:
-        """Move every receiver to `version` with the learner's current weights; returns timings."""
+    def push(self, version: int, receivers: list[Any] | None = None) -> dict[str, float]:
+        """Move `receivers` (default: every receiver) to `version` with the learner's current weights;
+        returns timings."""
         ...
 
 
@@ -36,10 +37,11 @@ class ObjectStoreTransport:
         self.receivers = receivers
         self.timeout_s = timeout_s
 
-    def push(self, version: int) -> dict[str, float]:
+    def push(self, version: int, receivers: list[Any] | None = None) -> dict[str, float]:
         start = time.perf_counter()
         published = self.learner.publish_weights()
-        loads = [a.load_weights.remote(version, published[0]) for a in self.receivers()]
+        receivers = self.receivers() if receivers is None else receivers
+        loads = [a.load_weights.remote(version, published[0]) for a in receivers]
         wait_all(loads + published[1:], self.timeout_s, "weight push")
         return {"timing_s/sync": time.perf_counter() - start, "sync/receivers": float(len(loads))}
 
@@ -69,9 +71,9 @@ class CollectiveTransport:
         self.members: list[str] = []
         self.metadata: dict | None = None
 
-    def push(self, version: int) -> dict[str, float]:
+    def push(self, version: int, receivers: list[Any] | None = None) -> dict[str, float]:
         start = time.perf_counter()
-        receivers = self.receivers()
+        receivers = self.receivers() if receivers is None else receivers
         formed = 0.0
         if [a._actor_id.hex() for a in receivers] != self.members:
             formed = self._form(receivers)

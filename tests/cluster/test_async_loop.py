@@ -77,6 +77,9 @@ class FakeCluster:
     def save(self, path, optimizer):
         path.mkdir(parents=True, exist_ok=True)
 
+    def recovery_metrics(self):
+        return {}
+
 
 def _run(tmp_path, cluster: FakeCluster, k: int, iterations: int = 6, start: dict | None = None):
     cfg = load_config(
