@@ -38,6 +38,8 @@ def rollout_metrics(rollouts: IterationRollouts) -> dict[str, float]:
         metrics |= _mean_std([getattr(s.rewards, name) for s in scored], f"reward/{name}")
     reflected = [s for s in scored if s.coherence_reflection is not None]
     metrics |= {
+        "rollout/groups": float(len({sg.group.group_id for sg in rollouts.groups})),
+        "rollout/rollouts": float(len(scores)),
         "rollout/unscorable_rate": 1 - len(scored) / max(len(scores), 1),
         "rollout/accuracy": metrics.get("reward/accuracy/mean", 0.0),
         "rollout/format_rate": metrics.get("reward/format/mean", 0.0),

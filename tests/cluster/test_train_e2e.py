@@ -20,9 +20,8 @@ from cluster.replay import ReplayBuffer
 from cluster.session import TrainingCluster
 from cluster.settings import engine_settings, image_policy, prompt_request
 from cluster.sources import load_samples
-from cluster.stops import NEVER, RunFailed
 from cluster.stream import PromptStream
-from cluster.train import RunOutput, RunState, latest_checkpoint, next_batch, train_loop, train_or_save
+from cluster.train import RunOutput, RunState, latest_checkpoint, next_batch, train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +70,6 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
         pushed = ray.get(
             [a.weight_checksums.remote() for a in tc.rollout.actors + tc.reward.actors], timeout=120
         )
-        _lose_workers_mid_run(cfg, tc, state, run, metrics_log)
 
     assert after[0] == after[1]  # both engines hold the same weights
     assert after[0] != before  # the push really changed what the engines generate
@@ -91,7 +89,7 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
         assert "reflection/consistency_yes_rate" in metrics
     assert [
         json.loads(line)["policy_version"] for line in (run / "metrics.jsonl").read_text().splitlines()
-    ] == [1, 2, 2, 3]  # iteration 2 of the run that then lost its workers
+    ] == [1, 2, 2]
     dumped = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert dumped and all(
         d["rewards"] is not None and d["consistency_reflection"] is not None for d in dumped
@@ -110,29 +108,6 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
     saved = ray.get(fresh.weight_checksums.remote(), timeout=120)
     assert all(engine == saved for engine in pushed) and len(saved) > 10
     ray.kill(fresh)
-
-
-def _lose_workers_mid_run(cfg, tc, state, run, metrics_log):
-    """Real actors die mid-run: the run stops with a line naming what failed, never trains on the KL
-    term alone, and saves the last exact point it reached (unless the latest checkpoint is that point)."""
-    more = cfg.model_copy(
-        update={"cluster": cfg.cluster.model_copy(update={"iterations": 4, "eval_every": 0})}
-    )
-    trained = []
-
-    def kill_the_reward_worker_after_an_iteration(iteration, metrics):
-        trained.append(iteration)
-        ray.kill(tc.reward.actors[0])
-
-    with pytest.raises(RunFailed, match=r"iteration 3: 100% of 16 rollouts unscorable"), tc.failures_named():
-        train_or_save(
-            more, tc, state, RunOutput(run, metrics_log, kill_the_reward_worker_after_an_iteration), NEVER
-        )
-    assert trained == [2]  # iteration 3 was not trained on the KL term alone
-    assert latest_checkpoint(run).name == "iter_000003"  # saved on the way out: nothing finished is lost
-    ray.kill(tc.rollout.actors[1])
-    with pytest.raises(RunFailed, match="rollout worker 1 died"), tc.failures_named():
-        train_or_save(more, tc, state, RunOutput(run, metrics_log), NEVER)
 
 
 def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local, tmp_path, capsys):
