@@ -26,7 +26,7 @@ from cluster.data.sample import Sample
 from cluster.placement import DeadlineExceeded
 from cluster.pools import RewardPool, RolloutPool
 from cluster.stops import NEVER, StopSignal
-from cluster.supervision import WorkerSlots, call_died
+from cluster.supervision import WorkerSlots, call_died, is_dead
 from learner.batch import split
 from rewards.scoring import RolloutScore, ScoreItem, ScoringResult
 
@@ -169,8 +169,8 @@ class _Streamed:
                 if not self.streams and not self.unassigned:
                     self.result.generate_s = now - self.start
                 return
-            except ray.exceptions.RayActorError:
-                if not self.workers.rollout.slots.replaceable:
+            except ray.exceptions.RayError as err:
+                if not (self.workers.rollout.slots.replaceable and is_dead(err)):
                     raise
                 self._replace_rollout_worker(pending.worker, "died")
                 return

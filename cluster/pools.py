@@ -15,7 +15,7 @@ import ray
 
 from actors.types import Group, PromptRequest, SamplingSettings
 from cluster.placement import wait_all
-from cluster.supervision import WorkerSlots, call_died
+from cluster.supervision import WorkerSlots, call_died, is_dead
 from learner.batch import split
 from rewards.scoring import ScoreItem
 
@@ -53,7 +53,9 @@ class RolloutPool:
             ]
             try:
                 return [group for groups in wait_all(refs, timeout_s, what) for group in groups]
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayError as err:
+                if not (self.slots.replaceable and is_dead(err)):
+                    raise
                 for i, ref in zip(workers, refs, strict=False):
                     if call_died(ref):
                         self.slots.replace(i, f"died during {what}")

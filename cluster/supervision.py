@@ -174,9 +174,16 @@ class WorkerSlots:
             self.poll()
 
 
+ENGINE_DEAD = "EngineDeadError"  # vLLM's error once its engine process is gone (e.g. OOM-killed)
+
+
 def is_dead(err: BaseException) -> bool:
-    """The call failed because its actor died (a worker to replace), not because its code raised."""
-    return isinstance(err, ray.exceptions.RayActorError)
+    """The call failed because its actor died, or the vLLM engine process inside it did (a worker to
+    replace), not because its code raised."""
+    if isinstance(err, ray.exceptions.RayActorError):
+        return True
+    cause = getattr(err, "cause", None) if isinstance(err, ray.exceptions.RayTaskError) else None
+    return cause is not None and type(cause).__name__ == ENGINE_DEAD
 
 
 def call_died(ref: ray.ObjectRef) -> bool:

@@ -21,11 +21,18 @@ from rewards.scoring import ScoringResult, score_items
 TEXT = "<step1>a</step1><step2>b</step2><step3>c</step3>\\boxed{fear}"
 
 
-class Rollout:
-    """`die_after`: the process exits after yielding that many groups; `hang_s`: sleeps before the first."""
+class EngineDeadError(RuntimeError):
+    """Named as vLLM's: what a call raises once the engine process inside the actor is gone."""
 
-    def __init__(self, die_after: int | None = None, hang_s: float = 0.0, version: int = 0):
-        self.die_after, self.hang_s, self.version = die_after, hang_s, version
+
+class Rollout:
+    """`die_after`: the process exits after yielding that many groups (`engine_dies`: the actor lives,
+    its engine does not); `hang_s`: sleeps before the first."""
+
+    def __init__(
+        self, die_after: int | None = None, hang_s: float = 0.0, version: int = 0, engine_dies: bool = False
+    ):
+        self.die_after, self.hang_s, self.version, self.engine_dies = die_after, hang_s, version, engine_dies
         self.calls: list[list[int]] = []
 
     def generate_stream(self, requests, sampling=None):
@@ -34,6 +41,8 @@ class Rollout:
         for n, r in enumerate(requests):
             if n == self.die_after:
                 time.sleep(0.5)  # the groups yielded so far reach the caller
+                if self.engine_dies:
+                    raise EngineDeadError("EngineCore encountered an issue")
                 os._exit(1)  # a killed process: no exception, no cleanup
             time.sleep(0.05)
             yield Group(
@@ -115,6 +124,16 @@ def test_a_rollout_worker_that_dies_mid_call_is_replaced_and_its_unfinished_grou
     assert metrics["recovery/rollout_cancelled_calls"] == 1
     assert rollout.actors[0] is rollout.made[0] and rollout.actors[1] is healthy
     assert ray.get(healthy.generate_calls.remote(), timeout=30) == [[3, 4, 5], [1, 2]]
+
+
+def test_a_rollout_worker_whose_engine_process_died_is_replaced_too(ray_local):
+    rollout = _slots(
+        "rollout",
+        [ray.remote(Rollout).remote(die_after=2, engine_dies=True)],
+        lambda: ray.remote(Rollout).remote(),
+    )
+    _every_group_once_and_scored(_run(rollout, _healthy_reward()))
+    assert rollout.counters.take("rollout")["recovery/rollout_resubmitted_groups"] == 4
 
 
 def test_a_stuck_rollout_worker_is_killed_replaced_and_its_groups_generated_elsewhere(ray_local):
