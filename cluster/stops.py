@@ -5,7 +5,7 @@ Exit codes of every command (the CLI maps the exceptions below to them):
 | code | meaning |
 |---|---|
 | 0 | done |
-| 1 | the run failed (`RunFailed`: a worker died, a deadline passed, too much went unscorable) |
+| 1 | the run failed (`RunFailed`: a worker lost past its restart bound, a deadline passed, too much went unscorable) |
 | 2 | bad usage, config or data; nothing was started (`cluster.config.ConfigError`) |
 | 130 / 143 | stopped by SIGINT / SIGTERM (`Stopped`), after a resumable checkpoint when one could be written |
 
