@@ -125,6 +125,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(args.config, args.overrides, args.methods, args.seeds, args.name)
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cluster.scaling import parse_target, request_scale
+
+    role, count = parse_target(args.target)
+    path = request_scale(Path(args.run), role, count)
+    print(f"asked {args.run} for {count} {role} workers ({path}); it applies them before its next iteration")
+    return 0
+
+
 def cmd_bench_loop(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -383,6 +394,15 @@ def _add_bench_commands(sub) -> None:
     reasoning.set_defaults(func=cmd_bench_reasoning)
 
 
+def _add_scale_command(sub) -> None:
+    scale = sub.add_parser(
+        "scale", help="grow or shrink the rollout pool of a running train job (before its next iteration)"
+    )
+    scale.add_argument("run", metavar="RUN", help="the run's folder, runs/<name>")
+    scale.add_argument("target", metavar="rollout=N", help="how many rollout workers from now on")
+    scale.set_defaults(func=cmd_scale)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emo-r3", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -393,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job_commands,
         _add_eval_command,
         _add_compare_command,
+        _add_scale_command,
         _add_bench_commands,
     ):
         add(sub)

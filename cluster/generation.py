@@ -138,8 +138,8 @@ class _Streamed:
         return self.result
 
     def _assign(self, now: float) -> None:
-        """The groups no rollout worker has to the workers taking work: an even share each, or calls of
-        `chunk_size` in turn. Replaced engines behind the pool's version catch up first, if they may."""
+        """The groups no rollout worker has to the workers taking work: an even share each (the first
+        workers one more), or calls of `chunk_size` in turn. Replaced engines behind the pool's version catch up first, if they may."""
         if not self.unassigned:
             return
         slots = self.workers.rollout.slots
@@ -149,11 +149,16 @@ class _Streamed:
         if not live:
             slots.check_can_work()
             return  # replacements are starting
-        size = self.workers.chunk_size or max(1, -(-len(self.unassigned) // len(live)))
-        for chunk in _chunks(len(self.unassigned), size):
+        if self.workers.chunk_size:
+            parts = [
+                [self.unassigned[i] for i in c]
+                for c in _chunks(len(self.unassigned), self.workers.chunk_size)
+            ]
+        else:
+            parts = split(self.unassigned, min(len(self.unassigned), len(live)))
+        for part in parts:
             worker = live[self.turn % len(live)]
             self.turn += 1
-            part = [self.unassigned[i] for i in chunk]
             stream = self.workers.rollout.submit_stream([self.requests[i] for i in part], worker)
             self.streams[stream] = _Pending(part, now, worker)
         self.unassigned = []

@@ -42,6 +42,7 @@ from cluster.generation import IterationRollouts
 from cluster.held_out import Evaluator
 from cluster.iteration import Clock, RunOutput, check_scorable, finish_iteration, iteration_metrics
 from cluster.run_state import RunState
+from cluster.scaling import apply_scale
 from cluster.session import TrainingCluster
 from cluster.stops import StopSignal
 
@@ -174,6 +175,7 @@ class AsyncLoop:
         j = self.next_production
         if self._running() or j >= self.cfg.cluster.iterations or j - self.engines > self.k:
             return
+        apply_scale(self.tc, self.out.path, j)  # no production out: no rollout worker has work
         batch, replayed = self.state.draw(j)
         self.productions[j] = self.producer.submit(self._produce, j, batch, replayed, self.engines)
         self.next_production += 1

@@ -70,6 +70,7 @@ class Placement:
         self.env = env or {}
         self.role_env = role_env or {}
         self.spawned = 0  # actors started in this placement: each gets a name of its own
+        self.extra: dict[tuple[str, int], PlacementGroup] = {}  # bundles reserved later (a grown pool)
         bundles = [self._bundle(r) for r in self.roles for _ in range(r.count)]
         self.group: PlacementGroup = placement_group(bundles, strategy="PACK")
         ready, _ = ray.wait([self.group.ready()], timeout=timeout_s)
@@ -95,20 +96,45 @@ class Placement:
         return [self.spawn_in(role_name, i, cls, args) for i, args in enumerate(args_per_actor)]
 
     def spawn_in(self, role_name: str, index: int, cls: type, args: tuple) -> Any:
-        """Start `cls` as a Ray actor in bundle `index` of `role_name` (free: its previous actor is gone)."""
+        """Start `cls` as a Ray actor in bundle `index` of `role_name` (free: its previous actor is gone);
+        past the role's count, in that index's extra bundle (`reserve`)."""
         offset, role = self._offset(role_name)
+        group, bundle = (
+            (self.group, offset + index) if index < role.count else (self.extra[role_name, index], 0)
+        )
         self.spawned += 1
         return (
             ray.remote(cls)
             .options(
                 num_cpus=role.num_cpus,
                 num_gpus=role.num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + index),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, bundle),
                 name=f"emo-r3-{role_name}-{index}-{id(self.group):x}-{self.spawned}",
                 runtime_env={"env_vars": self.env | self.role_env.get(role_name, {})},
             )
             .remote(*args)
         )
+
+    def reserve(self, role_name: str, index: int, timeout_s: float) -> None:
+        """A bundle of `role_name`'s shape for actor `index`, beyond the role's count (a grown pool): a
+        placement group of its own, or DeadlineExceeded when the cluster has no room within `timeout_s`."""
+        _, role = self._offset(role_name)
+        if index < role.count or (role_name, index) in self.extra:
+            return
+        bundle = self._bundle(role)
+        group = placement_group([bundle], strategy="PACK")
+        if not ray.wait([group.ready()], timeout=timeout_s)[0]:
+            remove_placement_group(group)
+            raise DeadlineExceeded(
+                f"the cluster could not reserve {bundle} for {role_name} worker {index} within {timeout_s:g} s "
+                f"(available: {ray.available_resources()})"
+            )
+        self.extra[role_name, index] = group
+
+    def unreserve(self, role_name: str, index: int) -> None:
+        """Give back actor `index`'s extra bundle (its actor is gone); the role's own bundles stay."""
+        if (group := self.extra.pop((role_name, index), None)) is not None:
+            remove_placement_group(group)
 
     def rendezvous(self, role_name: str, timeout_s: float) -> tuple[str, int]:
         """The torch.distributed master address and port of the actors of `role_name`: a probe task in
@@ -121,12 +147,15 @@ class Placement:
         return [ip for ip, _ in self._probe(role_name, timeout_s)]
 
     def _probe(self, role_name: str, timeout_s: float) -> list[tuple[str, int]]:
+        """A probe task in each bundle of `role_name`, its extra bundles last."""
         offset, role = self._offset(role_name)
+        bundles = [(self.group, offset + i) for i in range(role.count)]
+        bundles += [(self.extra[key], 0) for key in sorted(self.extra) if key[0] == role_name]
         probes = [
             _node_ip_and_free_port.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, offset + i)
+                scheduling_strategy=PlacementGroupSchedulingStrategy(g, i)
             ).remote()
-            for i in range(role.count)
+            for g, i in bundles
         ]
         return wait_all(probes, timeout_s, f"{role_name} nodes")
 
@@ -140,4 +169,7 @@ class Placement:
         raise KeyError(f"no role {role_name!r} in this placement")
 
     def release(self) -> None:
+        for group in self.extra.values():
+            remove_placement_group(group)
+        self.extra.clear()
         remove_placement_group(self.group)

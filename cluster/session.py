@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +46,8 @@ from cluster.transport import make_transport
 from learner.batch import micro_batches_per_step
 from learner.rank import LearnerRank, combine_rank_metrics
 from rewards.worker import RewardWorker
+
+RESERVE_S = 60.0  # how long growing the rollout pool waits for room in the cluster, per worker
 
 
 def roles(cfg: RunConfig) -> list[Role]:
@@ -84,13 +86,15 @@ class TrainingCluster:
             {role: {CORES_ENV: cores} for role, cores in cfg.cluster.cpu_affinity.items()},
         )
         loader = image_loader(cfg.data)
-        rollout_args = [
-            (rollout_engine_settings(cfg, model_path, i), rollout_sampling(cfg), loader, version)
-            for i in range(cfg.rollout.num_workers)
-        ]
+        self.rollout_args = lambda i: (
+            rollout_engine_settings(cfg, model_path, i),
+            rollout_sampling(cfg),
+            loader,
+            version,
+        )
         self.rollout = RolloutPool(
             [],
-            self._slots("rollout", RolloutWorker, rollout_args, version, follows_policy=True),
+            self._slots("rollout", RolloutWorker, self.rollout_args, version, follows_policy=True),
         )
         judge = None
         if cfg.reward.reflection:
@@ -98,14 +102,12 @@ class TrainingCluster:
             judge = judge_settings(
                 cfg, model_path if follows else resolve_model(cfg.reward.judge.model or "")
             )
-        reward_args = [
-            (cfg.reward, reward_rules(cfg), judge, loader, version) for _ in range(cfg.reward.num_workers)
-        ]
+        reward_args = (cfg.reward, reward_rules(cfg), judge, loader, version)
         follows = cfg.reward.judge_follows_policy and judge is not None
         self.reward = RewardPool(
             [],
             follows_policy=cfg.reward.judge_follows_policy,
-            slots=self._slots("reward", RewardWorker, reward_args, version, follows_policy=follows),
+            slots=self._slots("reward", RewardWorker, lambda i: reward_args, version, follows_policy=follows),
         )
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path, loader, resume))
         self.workers = Workers(
@@ -130,15 +132,16 @@ class TrainingCluster:
         )
 
     def _slots(
-        self, role: str, cls: type, args: list[tuple], version: int, follows_policy: bool
+        self, role: str, cls: type, args: Callable[[int], tuple], version: int, follows_policy: bool
     ) -> WorkerSlots:
-        """The actors of `role` in replaceable slots: slot i's replacement starts from `args[i]`."""
+        """The actors of `role` in replaceable slots: slot i's actor (and its replacements) from `args(i)`."""
+        count = next(r.count for r in self.placement.roles if r.name == role)
         return WorkerSlots(
             role,
-            self.placement.spawn(role, cls, args),
+            self.placement.spawn(role, cls, [args(i) for i in range(count)]),
             version,
             follows_policy,
-            spawn=lambda i: self.placement.spawn_in(role, i, cls, args[i]),
+            spawn=lambda i: self.placement.spawn_in(role, i, cls, args(i)),
             max_restarts=self.cfg.cluster.max_worker_restarts,
             startup_timeout_s=self.cfg.cluster.startup_timeout_s,
         )
@@ -245,9 +248,31 @@ class TrainingCluster:
                 slots.version = version
         return metrics
 
+    def scale_rollout(self, count: int) -> int:
+        """Resize the rollout pool to `count` workers between iterations (cluster.scaling): the last
+        ones are stopped, or new ones start in bundles reserved for them, as far as the cluster has
+        room, and are waited for; returns the pool's size."""
+        slots = self.rollout.slots
+        while len(slots.slots) > count:
+            slots.remove_last()
+            self.placement.unreserve("rollout", len(slots.slots))
+        while len(slots.slots) < count:
+            i = len(slots.slots)
+            try:
+                self.placement.reserve("rollout", i, min(self.cfg.cluster.startup_timeout_s, RESERVE_S))
+            except DeadlineExceeded as err:
+                print(f"the rollout pool stays at {i} workers: {err}", flush=True)
+                break
+            slots.add(self.placement.spawn_in("rollout", i, RolloutWorker, self.rollout_args(i)))
+        slots.wait_started(
+            self.cfg.cluster.startup_timeout_s
+        )  # the next iteration has them (or replacements)
+        return len(slots.slots)
+
     def recovery_metrics(self) -> dict[str, float]:
         """What replacing workers did since the last call: restarts, resubmitted groups, cancelled calls."""
-        return self.rollout.slots.counters.take("rollout") | self.reward.slots.counters.take("reward")
+        pools = self.rollout.slots.counters.take("rollout") | self.reward.slots.counters.take("reward")
+        return pools | {"rollout/workers": float(len(self.rollout.actors))}
 
     def save(self, out_dir: str | Path, optimizer: bool) -> None:
         """A checkpoint of the learner's policy (and every rank's optimizer state) in `out_dir`."""

@@ -123,6 +123,16 @@ class WorkerSlots:
     def starting(self) -> bool:
         return any(s.ping is not None for s in self.slots)
 
+    def add(self, actor: Any) -> None:
+        """A new slot (a grown pool) for `actor`, just spawned: it takes work once it answers and
+        holds the pool's version."""
+        self.slots.append(Slot(actor, self.start_version, actor.ping.remote(), time.monotonic()))
+
+    def remove_last(self) -> None:
+        """Stop the last slot's actor and drop the slot (a shrunk pool; nothing is out on it)."""
+        with suppress(Exception):
+            ray.kill(self.slots.pop().actor, no_restart=True)
+
     def pushed(self, slots: list[int], version: int) -> None:
         """Slots `slots` received `version` (the pool's version from now on)."""
         self.version = version

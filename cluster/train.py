@@ -24,6 +24,7 @@ from cluster.metrics import METRICS_FILE, ROLLOUTS_FILE, MetricsLog, replaced_pa
 from cluster.models import resolve_model
 from cluster.pipeline import AsyncLoop
 from cluster.run_state import RunState, next_batch
+from cluster.scaling import APPLIED_FILE, applied_workers, apply_scale
 from cluster.session import TrainingCluster
 from cluster.sources import load_training_set, write_data_report
 from cluster.stops import NEVER, LearnerLost, RunFailed, StopSignal
@@ -41,6 +42,7 @@ def train_loop(
     evaluator = Evaluator(cfg, tc)
     history = []
     for iteration in range(state.iteration, cfg.cluster.iterations):
+        apply_scale(tc, out.path, iteration)
         eval_metrics = evaluator.maybe_run(iteration, state.version)
         clock = Clock()
         batch, replayed = state.begin(iteration)
@@ -101,6 +103,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     run.mkdir(parents=True, exist_ok=True)  # every refusal is above: no orphan run folder
     write_config(run, cfg)
     write_data_report(run, cfg.data.train, train_set)
+    (run / APPLIED_FILE).unlink(missing_ok=True)  # a scaling of an earlier process: the config's count now
     first = saved.get("next_iteration", 0)
     restarts, failed_at = 0, 0.0
     while True:
@@ -157,6 +160,8 @@ def _attempt(
         ) as tc:
             if failed_at is not None:
                 state.restart_s = time.perf_counter() - failed_at
+                if (workers := applied_workers(run)) is not None:  # the pool as it was scaled
+                    tc.scale_rollout(workers)
             if checkpoint:
                 for note in dict.fromkeys(tc.learner.optimizer_restored(cfg.cluster.startup_timeout_s)):
                     print(f"learner: {note}")  # one line when every rank did the same

@@ -1,9 +1,10 @@
 """Chaos on the real stack: one `emo-r3 train` run (vLLM rollout and judge engines in Ray actors,
-DeepSpeed learner ranks on gloo, the collective weight transport) whose processes are SIGKILLed in the
-middle of iterations: a rollout worker while it generates and the reward worker while it judges
+DeepSpeed learner ranks on gloo, the collective weight transport) whose rollout pool is scaled
+1 -> 3 -> 2 with `emo-r3 scale` while it runs, and whose processes are SIGKILLed in the middle of
+iterations: a grown rollout worker while it generates and the reward worker while it judges
 (iteration 1), a learner rank while it trains (iteration 2). The run replaces the workers in place,
-restarts itself from its checkpoint for the learner, finishes every iteration and the final held-out
-evaluation, and leaves no engine process behind."""
+restarts itself from its checkpoint for the learner (keeping the scaled pool), finishes every
+iteration and the final held-out evaluation, and leaves no engine process behind."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import time
 import pytest
 import ray
 
+from cluster.cli import main as emo_r3
 from cluster.config import load_config
+from cluster.metrics import MetricsLog
 from cluster.pools import LearnerGroup, RewardPool, RolloutPool
 from cluster.train import latest_checkpoint, run_train
 
@@ -27,8 +30,8 @@ OVERRIDES = [
     "cluster.iterations=3",
     "cluster.prompts_per_iteration=4",
     "rollout.group_size=4",
-    "rollout.num_workers=2",
-    "rollout.num_cpus_per_worker=0.4",
+    "rollout.num_workers=1",
+    "rollout.num_cpus_per_worker=0.3",  # 3 of them, the judge and 2 ranks fit the 2 CPUs
     "learner.num_ranks=2",
     "learner.num_cpus_per_rank=0.4",
     "reward.num_cpus_per_worker=0.2",
@@ -83,6 +86,14 @@ def chaos(monkeypatch):
             _sigkill_soon(group.ranks[1], 1.0, killed["learner"])
         return train(group, shards, num_tokens, timeout_s)
 
+    log = MetricsLog.log
+
+    def scale_as_iterations_end(metrics_log, iteration, metrics):  # a user typing `emo-r3 scale`
+        log(metrics_log, iteration, metrics)
+        if (target := {0: 3, 1: 2}.get(iteration)) is not None and "train/loss" in metrics:
+            assert emo_r3(["scale", str(metrics_log.path.parent), f"rollout={target}"]) == 0
+
+    monkeypatch.setattr(MetricsLog, "log", scale_as_iterations_end)
     monkeypatch.setattr(RolloutPool, "submit_stream", kill_rollout_while_generating)
     monkeypatch.setattr(RewardPool, "submit_score", kill_reward_while_judging)
     monkeypatch.setattr(LearnerGroup, "train", kill_a_rank_while_training)
@@ -99,7 +110,7 @@ def _iteration(group) -> int:
     return n
 
 
-def test_a_run_survives_losing_a_rollout_worker_a_reward_worker_and_a_learner_rank(
+def test_a_run_scaled_1_3_2_survives_losing_a_rollout_worker_a_reward_worker_and_a_learner_rank(
     ray_local, tmp_path, random_init_tiny_model, chaos, capsys
 ):
     before = _engine_processes()
@@ -123,6 +134,8 @@ def test_a_run_survives_losing_a_rollout_worker_a_reward_worker_and_a_learner_ra
     for r in iterations:
         assert r["rollout/unscorable_rate"] == 0.0  # every group generated and scored
         assert r["rollout/groups"] == 4 and r["rollout/rollouts"] >= 16
+    assert [r["rollout/workers"] for r in iterations] == [1, 3, 2]  # iteration 2 after the restart too
+    assert "iteration 1: rollout workers 1 -> 3" in out and "iteration 2: rollout workers 3 -> 2" in out
     one = iterations[1]
     assert one["recovery/rollout_restarts"] == 1 and one["recovery/reward_restarts"] == 1
     assert one["recovery/rollout_resubmitted_groups"] >= 1 and one["recovery/reward_resubmitted_groups"] >= 1
