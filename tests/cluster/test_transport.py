@@ -11,7 +11,7 @@ import ray
 from actors.rollout import RolloutWorker
 from cluster.config import load_config
 from cluster.session import TrainingCluster
-from cluster.settings import engine_settings, image_loader, rollout_engine_settings, rollout_sampling
+from cluster.settings import engine_settings, image_loader, rollout_sampling
 from cluster.sources import load_samples
 from cluster.transport import ObjectStoreTransport
 
@@ -71,11 +71,7 @@ def test_collective_pushes_reach_every_engine_and_the_group_reforms_after_a_repl
         assert all(c == expected for c in _checksums(tc.receivers())) and len(expected) > 10
 
         # a rollout engine replaced by a fresh one at the initial weights: the next push forms a new group
-        ray.kill(tc.rollout.actors[1])
-        settings = rollout_engine_settings(cfg, str(random_init_tiny_model), 1)
-        tc.rollout.actors[1] = tc.placement.spawn_in(
-            "rollout", 1, RolloutWorker, (settings, rollout_sampling(cfg), image_loader(cfg.data))
-        )
+        tc.rollout.slots.replace(1, "was replaced by the test")  # killed; a fresh actor in its bundle
         assert _checksums([tc.rollout.actors[1]])[0] != expected
         again = tc.push(2)
         assert again["timing_s/sync_group"] > 0  # the group was formed anew
