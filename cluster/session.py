@@ -86,6 +86,7 @@ class TrainingCluster:
             {role: {CORES_ENV: cores} for role, cores in cfg.cluster.cpu_affinity.items()},
         )
         loader = image_loader(cfg.data)
+        self.scale_s = 0.0  # seconds spent resizing the rollout pool since the last iteration's metrics
         self.rollout_args = lambda i: (
             rollout_engine_settings(cfg, model_path, i),
             rollout_sampling(cfg),
@@ -252,6 +253,7 @@ class TrainingCluster:
         """Resize the rollout pool to `count` workers between iterations (cluster.scaling): the last
         ones are stopped, or new ones start in bundles reserved for them, as far as the cluster has
         room, and are waited for; returns the pool's size."""
+        start = time.perf_counter()
         slots = self.rollout.slots
         while len(slots.slots) > count:
             slots.remove_last()
@@ -264,15 +266,15 @@ class TrainingCluster:
                 print(f"the rollout pool stays at {i} workers: {err}", flush=True)
                 break
             slots.add(self.placement.spawn_in("rollout", i, RolloutWorker, self.rollout_args(i)))
-        slots.wait_started(
-            self.cfg.cluster.startup_timeout_s
-        )  # the next iteration has them (or replacements)
+        slots.wait_started(self.cfg.cluster.startup_timeout_s)  # the next iteration has them
+        self.scale_s += time.perf_counter() - start
         return len(slots.slots)
 
     def recovery_metrics(self) -> dict[str, float]:
         """What replacing workers did since the last call: restarts, resubmitted groups, cancelled calls."""
         pools = self.rollout.slots.counters.take("rollout") | self.reward.slots.counters.take("reward")
-        return pools | {"rollout/workers": float(len(self.rollout.actors))}
+        scaled, self.scale_s = self.scale_s, 0.0
+        return pools | {"rollout/workers": float(len(self.rollout.actors)), "timing_s/scale": scaled}
 
     def save(self, out_dir: str | Path, optimizer: bool) -> None:
         """A checkpoint of the learner's policy (and every rank's optimizer state) in `out_dir`."""

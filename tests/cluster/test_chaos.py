@@ -135,6 +135,7 @@ def test_a_run_scaled_1_3_2_survives_losing_a_rollout_worker_a_reward_worker_and
         assert r["rollout/unscorable_rate"] == 0.0  # every group generated and scored
         assert r["rollout/groups"] == 4 and r["rollout/rollouts"] >= 16
     assert [r["rollout/workers"] for r in iterations] == [1, 3, 2]  # iteration 2 after the restart too
+    assert iterations[1]["timing_s/scale"] > 0 and iterations[0]["timing_s/scale"] == 0
     assert "iteration 1: rollout workers 1 -> 3" in out and "iteration 2: rollout workers 3 -> 2" in out
     one = iterations[1]
     assert one["recovery/rollout_restarts"] == 1 and one["recovery/reward_restarts"] == 1
