@@ -120,7 +120,9 @@ class _Streamed:
                 stop.check()
                 self._assign(time.perf_counter())
                 refs = [*self.streams, *self.scoring]
-                ready = ray.wait(refs, num_returns=1, timeout=1.0)[0] if refs else time.sleep(0.2) or []
+                if not refs:  # nothing out: the only workers able to take the work are starting
+                    time.sleep(0.2)
+                ready = ray.wait(refs, num_returns=1, timeout=1.0)[0] if refs else []
                 now = time.perf_counter()
                 for ref in ready:
                     if ref in self.streams:
@@ -142,12 +144,8 @@ class _Streamed:
         workers one more), or calls of `chunk_size` in turn. Replaced engines behind the pool's version catch up first, if they may."""
         if not self.unassigned:
             return
-        slots = self.workers.rollout.slots
-        if (behind := slots.behind()) and self.workers.catch_up is not None:
-            self.workers.catch_up(slots, behind)
-        live = slots.taking_work()
+        live = self._taking_work(self.workers.rollout.slots)
         if not live:
-            slots.check_can_work()
             return  # replacements are starting
         if self.workers.chunk_size:
             parts = [
@@ -162,6 +160,16 @@ class _Streamed:
             stream = self.workers.rollout.submit_stream([self.requests[i] for i in part], worker)
             self.streams[stream] = _Pending(part, now, worker)
         self.unassigned = []
+
+    def _taking_work(self, slots: WorkerSlots) -> list[int]:
+        """The pool's workers that may take work, after replaced engines caught up if the loop lets
+        them; `RunFailed` when none does and none will (check_can_work)."""
+        if (behind := slots.behind()) and self.workers.catch_up is not None:
+            self.workers.catch_up(slots, behind)
+        live = slots.taking_work()
+        if not live:
+            slots.check_can_work()
+        return live
 
     def _take_groups(self, stream: ray.ObjectRefGenerator, now: float) -> None:
         """Every group the stream has ready (a dead worker or an engine error raises here)."""
@@ -215,13 +223,17 @@ class _Streamed:
         if now - self.scoring[ref].submitted > self.workers.reward_timeout_s:
             return
         call = self.scoring.pop(ref)
-        slots = self.workers.reward.slots
-        if slots.replaceable and call_died(ref):
-            slots.replace(call.worker, "died")
-            slots.counters.resubmitted += len(call.groups)
-            self.waiting += call.groups
+        if self.workers.reward.slots.replaceable and call_died(ref):
+            self._rescore(call, "died")
             return
         self.done += _attach(call.groups, ref, self.result)
+
+    def _rescore(self, call: _Scoring, reason: str) -> None:
+        """Replace the reward worker of `call`; its groups wait for another."""
+        slots = self.workers.reward.slots
+        slots.replace(call.worker, reason)
+        slots.counters.resubmitted += len(call.groups)
+        self.waiting += call.groups
 
     def _expire_scoring(self, now: float) -> None:
         """Scoring calls past their deadline (a ready one included) are cancelled. A replaceable worker
@@ -236,9 +248,7 @@ class _Streamed:
             _cancel([ref])
             slots.counters.cancelled += 1
             if slots.replaceable:
-                slots.replace(call.worker, f"missed the scoring deadline (reward.timeout_s={timeout_s:g} s)")
-                slots.counters.resubmitted += len(call.groups)
-                self.waiting += call.groups
+                self._rescore(call, f"missed the scoring deadline (reward.timeout_s={timeout_s:g} s)")
                 continue
             self.result.reward_failures.append(f"scoring exceeded reward.timeout_s={timeout_s:g} s")
             for sg in call.groups:
@@ -249,14 +259,12 @@ class _Streamed:
 
     def _dispatch(self, now: float) -> None:
         """The waiting groups to the idle reward workers taking work, split evenly, one call each."""
+        if not self.waiting:
+            return
         reward = self.workers.reward
-        if self.waiting and (behind := reward.slots.behind()) and self.workers.catch_up is not None:
-            self.workers.catch_up(reward.slots, behind)
-        if self.waiting:
-            reward.slots.check_can_work()
         busy = {call.worker for call in self.scoring.values()}
-        idle = [i for i in reward.slots.taking_work() if i not in busy]
-        if not self.waiting or not idle:
+        idle = [i for i in self._taking_work(reward.slots) if i not in busy]
+        if not idle:
             return
         for worker, part in zip(idle, split(self.waiting, min(len(self.waiting), len(idle))), strict=False):
             items = [_item(sg) for sg in part]

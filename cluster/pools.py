@@ -66,8 +66,13 @@ class RolloutPool:
 
 class RewardPool:
     def __init__(self, actors: list[Any], follows_policy: bool, slots: WorkerSlots | None = None):
+        """`slots`: how the actors are replaced (default: a pool of `actors` that cannot be); whether the
+        judges follow the policy is the slots'."""
         self.slots = slots or WorkerSlots("reward", actors, 0, follows_policy)
-        self.follows_policy = follows_policy
+
+    @property
+    def follows_policy(self) -> bool:
+        return self.slots.follows_policy
 
     @property
     def actors(self) -> list[Any]:

@@ -104,10 +104,10 @@ class TrainingCluster:
                 cfg, model_path if follows else resolve_model(cfg.reward.judge.model or "")
             )
         reward_args = (cfg.reward, reward_rules(cfg), judge, loader, version)
-        follows = cfg.reward.judge_follows_policy and judge is not None
+        follows = cfg.reward.judge_follows_policy  # reflection on, with the policy's weights
         self.reward = RewardPool(
             [],
-            follows_policy=cfg.reward.judge_follows_policy,
+            follows_policy=follows,
             slots=self._slots("reward", RewardWorker, lambda i: reward_args, version, follows_policy=follows),
         )
         self.learner = LearnerGroup(self._spawn_learner(model_path, reference_path, loader, resume))
@@ -244,9 +244,8 @@ class TrainingCluster:
         metrics = self.transport.push(version, [slots.actors[i] for slots, idx in targets for i in idx])
         for slots, idx in targets:
             slots.pushed(idx, version)
-        for slots in (self.rollout.slots, self.reward.slots):
-            if not slots.follows_policy:
-                slots.version = version
+        if not self.reward.slots.follows_policy:
+            self.reward.slots.pushed([], version)  # a frozen judge or the rules: any version's work
         return metrics
 
     def scale_rollout(self, count: int) -> int:

@@ -126,7 +126,7 @@ class WorkerSlots:
     def add(self, actor: Any) -> None:
         """A new slot (a grown pool) for `actor`, just spawned: it takes work once it answers and
         holds the pool's version."""
-        self.slots.append(Slot(actor, self.start_version, actor.ping.remote(), time.monotonic()))
+        self.slots.append(self._starting(actor))
 
     def remove_last(self) -> None:
         """Stop the last slot's actor and drop the slot (a shrunk pool; nothing is out on it)."""
@@ -150,12 +150,13 @@ class WorkerSlots:
             )
         with suppress(Exception):  # it may be gone already
             ray.kill(slot.actor, no_restart=True)
-        actor = self.spawn(i)
-        self.slots[i] = Slot(
-            actor, self.start_version, actor.ping.remote(), time.monotonic(), slot.restarts + 1
-        )
+        self.slots[i] = self._starting(self.spawn(i), slot.restarts + 1)
         self.counters.restarts += 1
         print(f"{self.name(i)} {reason}: replaced ({slot.restarts + 1} of {self.max_restarts})", flush=True)
+
+    def _starting(self, actor: Any, restarts: int = 0) -> Slot:
+        """A slot for a just-spawned actor: at the run's start version, its ping out."""
+        return Slot(actor, self.start_version, actor.ping.remote(), time.monotonic(), restarts)
 
     def poll(self) -> None:
         """Starting actors that answered their ping take work from now on; one that died while starting,

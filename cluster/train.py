@@ -105,12 +105,12 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> int:
     write_data_report(run, cfg.data.train, train_set)
     (run / APPLIED_FILE).unlink(missing_ok=True)  # a scaling of an earlier process: the config's count now
     first = saved.get("next_iteration", 0)
-    restarts, failed_at = 0, 0.0
+    restarts, failed_at = 0, None
     while True:
         state = RunState.start(cfg, train_set.samples, saved)
         state.restarts = restarts
         try:
-            history = _attempt(cfg, run, state, checkpoint, initial, failed_at if restarts else None)
+            history = _attempt(cfg, run, state, checkpoint, initial, failed_at)
             break
         except LearnerLost as err:
             failed_at = err.seen_at
