@@ -206,6 +206,11 @@ class ClusterConfig(BaseModel):
         False, description="allow a non-loopback Ray address without token auth"
     )
     num_cpus: float = Field(2, gt=0, description="CPUs of the local Ray started when no cluster is given")
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK",
+        description="how Ray lays the workers' bundles over nodes: PACK (as few nodes as possible) or SPREAD (over as "
+        "many as it can: a lost node takes fewer workers with it; learner ranks on several nodes meet over the network)",
+    )
     iterations: int = Field(
         24, ge=1, description="generate→score→train→sync cycles (the CPU default's fit in its 15 minutes)"
     )

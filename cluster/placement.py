@@ -63,16 +63,17 @@ class Placement:
         timeout_s: float,
         env: dict[str, str] | None = None,
         role_env: dict[str, dict[str, str]] | None = None,
+        strategy: str = "PACK",
     ):
         """`env`: environment variables of every actor (merged into a submitted job's runtime env);
-        `role_env`: more for the actors of one role."""
+        `role_env`: more for the actors of one role; `strategy`: Ray's placement strategy of the bundles."""
         self.roles = list(roles)
         self.env = env or {}
         self.role_env = role_env or {}
         self.spawned = 0  # actors started in this placement: each gets a name of its own
         self.extra: dict[tuple[str, int], PlacementGroup] = {}  # bundles reserved later (a grown pool)
         bundles = [self._bundle(r) for r in self.roles for _ in range(r.count)]
-        self.group: PlacementGroup = placement_group(bundles, strategy="PACK")
+        self.group: PlacementGroup = placement_group(bundles, strategy=strategy)
         ready, _ = ray.wait([self.group.ready()], timeout=timeout_s)
         if not ready:
             remove_placement_group(self.group)

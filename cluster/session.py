@@ -84,6 +84,7 @@ class TrainingCluster:
             cfg.cluster.startup_timeout_s,
             worker_env(cfg, self.on_gpu),
             {role: {CORES_ENV: cores} for role, cores in cfg.cluster.cpu_affinity.items()},
+            cfg.cluster.placement_strategy,
         )
         loader = image_loader(cfg.data)
         self.scale_s = 0.0  # seconds spent resizing the rollout pool since the last iteration's metrics

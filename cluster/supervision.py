@@ -139,20 +139,22 @@ class WorkerSlots:
         for i in slots:
             self.slots[i].version = version
 
-    def replace(self, i: int, reason: str) -> None:
+    def replace(self, i: int, reason: str, counts: bool = True) -> None:
         """Kill slot i's actor (whatever is left of it) and start a fresh one in its bundle; `RunFailed`
-        past `max_restarts` replacements of this slot."""
+        past `max_restarts` replacements of this slot. `counts=False`: a replacement lost with its node
+        while starting, placed again without counting against the bound (the node's loss was counted)."""
         slot = self.slots[i]
-        if self.spawn is None or slot.restarts >= self.max_restarts:
+        if self.spawn is None or (counts and slot.restarts >= self.max_restarts):
             raise RunFailed(
                 f"{self.name(i)} {reason}; it was replaced {slot.restarts} time(s), the limit "
                 f"(cluster.max_worker_restarts={self.max_restarts}); resume with --resume"
             )
         with suppress(Exception):  # it may be gone already
             ray.kill(slot.actor, no_restart=True)
-        self.slots[i] = self._starting(self.spawn(i), slot.restarts + 1)
+        restarts = slot.restarts + counts
+        self.slots[i] = self._starting(self.spawn(i), restarts)
         self.counters.restarts += 1
-        print(f"{self.name(i)} {reason}: replaced ({slot.restarts + 1} of {self.max_restarts})", flush=True)
+        print(f"{self.name(i)} {reason}: replaced ({restarts} of {self.max_restarts})", flush=True)
 
     def _starting(self, actor: Any, restarts: int = 0) -> Slot:
         """A slot for a just-spawned actor: at the run's start version, its ping out."""
@@ -168,7 +170,10 @@ class WorkerSlots:
                 try:
                     ray.get(slot.ping)
                 except ray.exceptions.RayError as err:
-                    self.replace(i, f"died while starting ({type(err).__name__})")
+                    if lost_with_its_node(err):  # placed before Ray knew the node was gone
+                        self.replace(i, "was lost with its node while starting", counts=False)
+                    else:
+                        self.replace(i, f"died while starting ({type(err).__name__})")
                     continue
                 slot.ping = None
             elif time.monotonic() - slot.started > self.startup_timeout_s:
@@ -195,6 +200,14 @@ def is_dead(err: BaseException) -> bool:
         return True
     cause = getattr(err, "cause", None) if isinstance(err, ray.exceptions.RayTaskError) else None
     return cause is not None and type(cause).__name__ == ENGINE_DEAD
+
+
+NODE_DIED = "its node has died"  # Ray's reason for an actor on a node that was lost
+
+
+def lost_with_its_node(err: BaseException) -> bool:
+    """The actor died because the node it was placed on was lost (not because of its own code)."""
+    return isinstance(err, ray.exceptions.RayActorError) and NODE_DIED in str(err)
 
 
 def call_died(ref: ray.ObjectRef) -> bool:

@@ -18,16 +18,27 @@ use_service_env(num_cpus=2, on_gpu=False)  # the engines and ranks the tests bui
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed imported here, outside a learner rank
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the session (loopback, no dashboard); test modules importable by workers."""
-    import ray
+def workers_pythonpath() -> str:
+    """The project and the test folders: test modules importable by Ray workers."""
+    test_dirs = sorted({str(p.parent) for p in (ROOT / "tests").rglob("test_*.py")})
+    return os.pathsep.join([str(ROOT), *test_dirs])
 
+
+def start_session_ray() -> None:
+    """The session's local Ray (loopback, no dashboard), as `emo-r3 train` starts one."""
     from cluster.config import RunConfig
     from cluster.launch import start_ray
 
-    test_dirs = sorted({str(p.parent) for p in (ROOT / "tests").rglob("test_*.py")})
-    start_ray(RunConfig(), on_gpu=False, extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), *test_dirs])})
+    start_ray(RunConfig(), on_gpu=False, extra_env={"PYTHONPATH": workers_pythonpath()})
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session; a test module that needs another cluster stops it and starts it
+    again after (tests/cluster/test_multinode.py)."""
+    import ray
+
+    start_session_ray()
     yield ray
     ray.shutdown()
 

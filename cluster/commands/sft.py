@@ -235,7 +235,12 @@ def learner_ranks(
     role = Role(
         "learner", learner_cfg.num_ranks, learner_cfg.num_cpus_per_rank, learner_cfg.num_gpus_per_rank
     )
-    placement = Placement([role], cfg.cluster.startup_timeout_s, worker_env(cfg, on_gpu))
+    placement = Placement(
+        [role],
+        cfg.cluster.startup_timeout_s,
+        worker_env(cfg, on_gpu),
+        strategy=cfg.cluster.placement_strategy,
+    )
     ranks: list[Any] = []
     try:
         meet = placement.rendezvous("learner", cfg.cluster.startup_timeout_s)

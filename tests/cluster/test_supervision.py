@@ -191,3 +191,24 @@ def test_without_a_catch_up_a_pool_of_only_replacements_stops_the_run_clearly(ra
     rollout.start_version = 0
     with pytest.raises(RunFailed, match="no rollout worker holds policy version 3"):
         _run(rollout, _healthy_reward())
+
+
+@ray.remote
+def _lost_with_its_node():
+    raise ray.exceptions.RayActorError(error_msg="The actor died because its node has died. Node Id: 01ab")
+
+
+def test_a_replacement_lost_with_its_node_while_starting_is_placed_again_without_counting(ray_local):
+    """A node's loss kills its worker; Ray may place the replacement on that node before it knows the node
+    is gone. That one is placed again, and the node's loss counts once against the bound."""
+    slots = _slots(
+        "rollout", [ray.remote(Rollout).remote()], lambda: ray.remote(Rollout).remote(), max_restarts=1
+    )
+    slots.replace(0, "died")  # the node's loss: 1 of 1
+    slots.slots[
+        0
+    ].ping = _lost_with_its_node.remote()  # what Ray answers for an actor placed on the lost node
+    slots.wait_started(60)
+    assert len(slots.made) == 2 and slots.slots[0].restarts == 1 and slots.taking_work() == [0]
+    with pytest.raises(RunFailed, match="rollout worker 0 died; it was replaced 1 time"):
+        slots.replace(0, "died")  # a death of its own is past the bound
