@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +147,9 @@ class Engine:
         prompts = [self._engine_prompt(r) for r in requests]
         params = [self._params(sampling, r.seed) for r in requests]
         # enqueue returns vLLM's internal ids ("<id>-<suffix>"); outputs carry the id before the suffix
-        internal = {rid.rsplit("-", 1)[0]: rid for rid in self.llm.enqueue(prompts, params, use_tqdm=False)}
+        with self._one_batch():
+            enqueued = self.llm.enqueue(prompts, params, use_tqdm=False)
+        internal = {rid.rsplit("-", 1)[0]: rid for rid in enqueued}
         position = {request_id: i for i, request_id in enumerate(internal)}
         engine = self.llm.llm_engine
         try:
@@ -160,6 +163,21 @@ class Engine:
         finally:
             if position:  # abandoned (the caller stopped, an error): nothing left running in the engine
                 engine.abort_request([internal[request_id] for request_id in position], internal=True)
+
+    @contextmanager
+    def _one_batch(self) -> Iterator[None]:
+        """Every request added inside reaches the scheduler before its first step: the engine core in
+        its own process holds its scheduler while they arrive (else it starts stepping on the first ones,
+        and which requests share a batch, and so the last bits of the logprobs, depend on timing)."""
+        core = self.llm.llm_engine.engine_core
+        if not hasattr(core, "call_utility"):  # the core in this process steps only when asked
+            yield
+            return
+        core.call_utility("pause_scheduler", "keep", False)
+        try:
+            yield
+        finally:
+            core.call_utility("resume_scheduler")
 
     def _engine_prompt(self, request: PromptRequest) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": self.render(request.user_text, request.image is not None)}

@@ -47,6 +47,13 @@ class LearnerConfig(BaseModel):
         description="recompute each decoder layer and vision block in the backward instead of keeping its "
         "activations (HF gradient checkpointing, non-reentrant): less memory, about one more forward of time",
     )
+    deterministic: bool = Field(
+        True,
+        description="the ranks run torch's deterministic algorithms (torch.use_deterministic_algorithms, warn only): "
+        "on CPU a run repeats bit for bit, and a resumed run is the uninterrupted one (with 2 threads the default "
+        "kernels of one of the backward's ops sum in a varying order). On GPUs it slows some kernels (scatter and "
+        "index ops) and sets CUBLAS_WORKSPACE_CONFIG=:4096:8",
+    )
     share_prompts: bool = Field(
         True,
         description="GRPO forwards run each distinct prompt (and image) of a micro-batch once and its rows' "

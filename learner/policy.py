@@ -101,6 +101,8 @@ class Policy:
         import deepspeed
 
         self.cfg = cfg
+        if cfg.deterministic:
+            use_deterministic_algorithms()
         self.rank, self.world_size = rank, world_size
         self.micro_batches_per_step = total_micro_batches_per_step
         self.device = _device()
@@ -490,6 +492,13 @@ def _hf_deepspeed_config(ds_config: dict[str, Any]) -> Any:
     from transformers.integrations import HfDeepSpeedConfig
 
     return HfDeepSpeedConfig(ds_config)
+
+
+def use_deterministic_algorithms() -> None:
+    """torch's deterministic kernels in this process (learner.deterministic), before any CUDA work;
+    ops without one warn instead of raising."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _load_model(model_path: str | Path, dtype: torch.dtype) -> Any:
