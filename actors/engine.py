@@ -126,11 +126,14 @@ class Engine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, requests: Sequence[PromptRequest], sampling: SamplingSettings) -> list[Group]:
-        """Sample `sampling.n` completions for each request; one Group per request, in order."""
+        """Sample `sampling.n` completions for each request, one engine batch; one Group per request, in
+        order."""
         start = time.perf_counter()
         prompts = [self._engine_prompt(r) for r in requests]
         params = [self._params(sampling, r.seed) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        with self._one_batch():
+            self.llm.enqueue(prompts, params, use_tqdm=False)
+        outputs = self.llm.wait_for_completion(use_tqdm=False)  # in request order, as LLM.generate's
         elapsed = (time.perf_counter() - start) / max(len(requests), 1)
         return [self._group(r, out, elapsed) for r, out in zip(requests, outputs, strict=True)]
 
