@@ -499,6 +499,8 @@ def use_deterministic_algorithms() -> None:
     ops without one warn instead of raising."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # its debugging aid, NaN-filling every new tensor, took 70% of a CPU step (fill_ under AccumulateGrad)
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def _load_model(model_path: str | Path, dtype: torch.dtype) -> Any:

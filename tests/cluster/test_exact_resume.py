@@ -28,7 +28,7 @@ OVERRIDES = [
     "learner.num_cpus_per_rank=0.5",
     "reward.num_cpus_per_worker=0.5",
     "rollout.max_new_tokens=24",
-    "data.replay_share=0.5",  # the replay buffer's draws resume too
+    "data.replay_share=0.5",  # the replay buffer (and its seeded draws) travels with the checkpoint
     "cluster.eval_every=0",
     "cluster.checkpoint_every=2",
     "cluster.dump_rollouts=0",
@@ -44,14 +44,25 @@ def _metrics(run) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith(WALL_CLOCK)} for row in rows]
 
 
-def test_a_resumed_run_is_the_uninterrupted_run_bit_for_bit(ray_local, tmp_path, random_init_tiny_model):
+def test_a_resumed_run_is_the_uninterrupted_run_bit_for_bit(
+    ray_local, tmp_path, random_init_tiny_model, capsys
+):
     common = [*OVERRIDES, f"model.path={random_init_tiny_model}", f"cluster.output_dir={tmp_path}"]
     assert run_train(load_config(None, [*common, "cluster.iterations=4", "cluster.run_name=whole"])) == 0
     assert run_train(load_config(None, [*common, "cluster.iterations=2", "cluster.run_name=parts"])) == 0
+    run = tmp_path / "parts"
+    assert (run / "checkpoints" / "iter_000002" / "optimizer" / "rank000-of-001.safetensors").is_file()
+    with (run / "metrics.jsonl").open("a") as f:  # an attempt that died after logging iteration 2
+        f.write(json.dumps({"iteration": 2, "policy_version": 99}) + "\n")
+    capsys.readouterr()
     resumed = load_config(None, [*common, "cluster.iterations=4", "cluster.run_name=parts"])
     assert run_train(resumed, resume=True) == 0
+    assert "learner: optimizer state restored" in capsys.readouterr().out
 
-    whole, parts = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
+    # one history: the dead attempt's record was set aside, not lost
+    replaced = (run / "metrics.replaced.jsonl").read_text().splitlines()
+    assert [json.loads(line)["policy_version"] for line in replaced] == [99]
+    whole, parts = _metrics(tmp_path / "whole"), _metrics(run)
     assert [m["iteration"] for m in parts] == [0, 1, 2, 3]
     for a, b in zip(whole, parts, strict=True):
         assert a == b, {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
@@ -60,3 +71,4 @@ def test_a_resumed_run_is_the_uninterrupted_run_bit_for_bit(ray_local, tmp_path,
     weights = [load_file(c / "model.safetensors") for c in final]
     assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 10
     assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+    assert (run / "learning_curve.png").stat().st_size > 0  # `train` draws it, not only `pipeline`

@@ -16,12 +16,10 @@ from actors.types import SamplingSettings
 from cluster.config import load_config
 from cluster.data.images import load_image
 from cluster.metrics import MetricsLog
-from cluster.replay import ReplayBuffer
 from cluster.session import TrainingCluster
 from cluster.settings import engine_settings, image_policy, prompt_request
 from cluster.sources import load_samples
-from cluster.stream import PromptStream
-from cluster.train import RunOutput, RunState, latest_checkpoint, next_batch, train_loop
+from cluster.train import RunOutput, RunState, train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -108,55 +106,3 @@ def test_two_iterations_train_sync_and_checkpoint(ray_local, tmp_path, random_in
     saved = ray.get(fresh.weight_checksums.remote(), timeout=120)
     assert all(engine == saved for engine in pushed) and len(saved) > 10
     ray.kill(fresh)
-
-
-def test_resume_with_more_rollout_workers_continues_at_the_next_batch(ray_local, tmp_path, capsys):
-    from cluster.train import run_train
-
-    common = [
-        *OVERRIDES,
-        "learner.num_ranks=1",
-        "rollout.num_workers=1",
-        "cluster.checkpoint_every=1",
-        f"cluster.output_dir={tmp_path}",
-        "cluster.run_name=r",
-        "cluster.dump_rollouts=16",
-        "data.replay_share=0.5",
-    ]
-    assert run_train(load_config(None, [*common, "cluster.iterations=1"])) == 0
-    run = tmp_path / "r"
-    with (run / "metrics.jsonl").open("a") as f:  # an attempt that died after logging iteration 1
-        f.write(json.dumps({"iteration": 1, "policy_version": 99}) + "\n")
-    assert (run / "checkpoints" / "iter_000001" / "optimizer" / "rank000-of-001.safetensors").is_file()
-    # Three prompts the policy got partly wrong, as iteration 0 would have left them in the replay
-    # buffer (the toy budget's truncated responses are all wrong, so it left none): the resumed
-    # iteration must replay two of them from the checkpoint's state.
-    cfg = load_config(None, common)
-    samples = load_samples(cfg.data.train, cfg.data).samples
-    state_file = run / "checkpoints" / "iter_000001" / "trainer_state.json"
-    saved = json.loads(state_file.read_text())
-    assert saved["replay"] == {}
-    planted = {s.sample_id: acc for s, acc in zip(samples[-3:], (0.25, 0.5, 0.75), strict=True)}
-    state_file.write_text(json.dumps(saved | {"replay": planted}))
-    capsys.readouterr()
-    # the attempt that resumes scales the rollout pool out: engines hold no state a run needs
-    scaled = [*common, "cluster.iterations=2", "rollout.num_workers=2"]
-    assert run_train(load_config(None, scaled), resume=True) == 0
-    assert "learner: optimizer state restored" in capsys.readouterr().out
-
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [(m["iteration"], m["policy_version"]) for m in metrics] == [(0, 1), (1, 2)]
-    replaced = (run / "metrics.replaced.jsonl").read_text().splitlines()
-    assert [json.loads(line)["policy_version"] for line in replaced] == [99]
-    assert latest_checkpoint(run).name == "iter_000002"
-    assert [m["replay/prompts"] for m in metrics] == [0, 2]
-    assert (run / "learning_curve.png").stat().st_size > 0  # `train` draws it, not only `pipeline`
-    # The resumed iteration trained on exactly the batch an uninterrupted run takes second: the
-    # stream's next two prompts and the replay buffer's draw of two.
-    replay = ReplayBuffer(samples, 0.5, cfg.cluster.seed, planted)
-    stream = PromptStream(samples, 4, seed=cfg.cluster.seed)
-    stream.next_batch()
-    expected = [s.sample_id for s in next_batch(stream, replay, 1)[0]]
-    dumped = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
-    resumed = list(dict.fromkeys(d["sample_id"] for d in dumped if d["iteration"] == 1))
-    assert resumed == expected and set(resumed[2:]) <= set(planted)
