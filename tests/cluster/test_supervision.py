@@ -205,9 +205,8 @@ def test_a_replacement_lost_with_its_node_while_starting_is_placed_again_without
         "rollout", [ray.remote(Rollout).remote()], lambda: ray.remote(Rollout).remote(), max_restarts=1
     )
     slots.replace(0, "died")  # the node's loss: 1 of 1
-    slots.slots[
-        0
-    ].ping = _lost_with_its_node.remote()  # what Ray answers for an actor placed on the lost node
+    # what Ray answers for the replacement it placed on the lost node
+    slots.slots[0].ping = _lost_with_its_node.remote()
     slots.wait_started(60)
     assert len(slots.made) == 2 and slots.slots[0].restarts == 1 and slots.taking_work() == [0]
     with pytest.raises(RunFailed, match="rollout worker 0 died; it was replaced 1 time"):
